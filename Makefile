@@ -1,0 +1,44 @@
+# meshmetrics — every command a developer or CI needs. `make test` and `make demo`
+# work on a fresh machine: they install into .venv first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+DEMO_ARGS ?=
+
+.PHONY: install conventions lint test test-unit test-e2e demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+conventions: install  ## regenerate semconv.py and the metric reference from the registry
+	$(PY) tools/gen_conventions.py
+
+lint: install  ## ruff, mypy --strict, and the conventions drift check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) tools/gen_conventions.py --check
+
+test: lint  ## everything CI runs
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e
+
+demo: install  ## a simulated mesh on http://localhost:9464/metrics (Ctrl-C to stop)
+	$(PY) -m meshmetrics demo $(DEMO_ARGS)
+
+bench: install  ## benchmarks (not part of `make test`)
+	$(PY) benchmarks/bench_hot_path.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

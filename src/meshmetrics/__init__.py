@@ -1,0 +1,37 @@
+"""meshmetrics: OpenTelemetry metrics for service meshes.
+
+Configure once at start-up, record through the facades::
+
+    import meshmetrics
+
+    meshmetrics.configure(service_name="checkout")
+    lb = meshmetrics.LoadBalancerMetrics()
+    lb.record_request(service="api", instance="api-1", strategy="round_robin")
+"""
+
+from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
+from meshmetrics._errors import classify_error
+from meshmetrics._lb import LoadBalancerMetrics
+from meshmetrics._mesh import CallTracker, ServiceMeshMetrics
+from meshmetrics._policy import InvalidMeasurement
+from meshmetrics._provider import MetricsHandle, configure, current_handle, shutdown
+from meshmetrics._retry import RetryCallTracker, RetryMetrics, retry_outcome
+from meshmetrics._version import __version__
+
+__all__ = [
+    "CallTracker",
+    "CircuitBreakerMetrics",
+    "CircuitBreakerTracker",
+    "InvalidMeasurement",
+    "LoadBalancerMetrics",
+    "MetricsHandle",
+    "RetryCallTracker",
+    "RetryMetrics",
+    "ServiceMeshMetrics",
+    "__version__",
+    "classify_error",
+    "configure",
+    "current_handle",
+    "retry_outcome",
+    "shutdown",
+]

@@ -1,0 +1,58 @@
+"""Command line: ``python -m meshmetrics demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="meshmetrics", description="meshmetrics tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run a simulated service mesh emitting every metric")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="Prometheus port (default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
+    )
+    demo.add_argument("--host", default=None, help="Prometheus bind address (default: localhost)")
+    demo.add_argument("--rate", type=float, default=50.0, help="logical calls per second (default: 50)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed for a reproducible run")
+    demo.add_argument("--cycle", type=float, default=60.0, help="seconds per fault cycle (default: 60)")
+    args = parser.parse_args(argv)
+
+    import meshmetrics  # noqa: PLC0415 - keep `--help` fast
+    from meshmetrics import _demo  # noqa: PLC0415
+
+    handle = meshmetrics.configure(
+        service_name="meshmetrics-demo", prometheus_host=args.host, prometheus_port=args.port
+    )
+    stop = threading.Event()
+    _demo.install_signal_handlers(stop)
+    print(f"meshmetrics demo: metrics on {handle.prometheus_url}", flush=True)
+    if handle.otlp_endpoint:
+        print(f"meshmetrics demo: pushing OTLP to {handle.otlp_endpoint}", flush=True)
+    try:
+        _demo.run(
+            duration=args.duration,
+            rate=args.rate,
+            seed=args.seed,
+            out=sys.stdout,
+            stop=stop,
+            cycle_s=args.cycle,
+        )
+    finally:
+        clean = handle.shutdown()
+        print(
+            f"meshmetrics demo: stopped ({'flushed' if clean else 'last export not confirmed'})", flush=True
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""What every facade shares: finding the runtime, validating, and recording one measurement.
+
+A facade method builds its attribute tuple (in the registry's declared order)
+and calls one of these helpers; the policy does the rest, cached per tuple.
+Nothing raises into the caller except ``InvalidMeasurement`` in strict mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import MeterProvider
+
+from meshmetrics._definitions import MetricDefinition
+from meshmetrics._errors import classify_error
+from meshmetrics._policy import InvalidMeasurement, Policy
+from meshmetrics._runtime import Runtime, runtime_for, state
+
+Validator = Callable[[Policy, str, str, object], "float | int | None"]
+
+
+def duration(policy: Policy, metric: str, field: str, value: object) -> float | None:
+    """Validate a duration in seconds."""
+    return policy.duration(metric, field, value)
+
+
+def ratio(policy: Policy, metric: str, field: str, value: object) -> float | None:
+    """Validate a ratio or score within [0, 1]."""
+    return policy.ratio(metric, field, value)
+
+
+def attempts(policy: Policy, metric: str, field: str, value: object) -> int | None:
+    """Validate an attempt ordinal or count (integer >= 1)."""
+    return policy.count(metric, field, value, minimum=1)
+
+
+def count(policy: Policy, metric: str, field: str, value: object) -> int | None:
+    """Validate a non-negative integer count."""
+    return policy.count(metric, field, value, minimum=0)
+
+
+def error_type(error: object) -> str | None:
+    """``error.type`` for an error, or None when there is no error."""
+    return None if error is None else classify_error(error)
+
+
+class Facade:
+    """Base of the public facades: binds to a provider and records safely."""
+
+    __slots__ = ("_explicit",)
+
+    def __init__(self, *, meter_provider: MeterProvider | None = None) -> None:
+        """Record to ``meter_provider``, or (default) to the one ``configure()`` installed.
+
+        Before ``configure()``, and after ``shutdown()``, every method is a cheap no-op.
+        """
+        self._explicit = runtime_for(meter_provider) if meter_provider is not None else None
+
+    def _runtime(self) -> Runtime | None:
+        return self._explicit or state.current
+
+    def _fail(self, runtime: Runtime, metric: str, error: Exception) -> None:
+        if isinstance(error, InvalidMeasurement) or runtime.policy.strict:
+            raise error
+        runtime.policy.internal_error(metric, error)
+
+    def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
+        runtime = self._runtime()
+        if runtime is None:
+            return
+        try:
+            attributes = runtime.policy.attributes(metric, values)
+            if attributes is not None:
+                runtime.instruments[metric.name].add(amount, attributes)
+        except Exception as error:
+            self._fail(runtime, metric.name, error)
+
+    def _measure(
+        self,
+        metric: MetricDefinition,
+        validator: Validator,
+        field: str,
+        value: object,
+        values: tuple[object, ...],
+    ) -> None:
+        """Validate ``value`` and record it on a histogram (``record``) or gauge (``set``)."""
+        runtime = self._runtime()
+        if runtime is None:
+            return
+        try:
+            checked = validator(runtime.policy, metric.name, field, value)
+            if checked is None:
+                return
+            attributes = runtime.policy.attributes(metric, values)
+            if attributes is None:
+                return
+            instrument = runtime.instruments[metric.name]
+            if metric.instrument == "histogram":
+                instrument.record(checked, attributes)
+            else:
+                instrument.set(checked, attributes)
+        except Exception as error:
+            self._fail(runtime, metric.name, error)
+
+    def _one_hot(
+        self,
+        metric: MetricDefinition,
+        state_field: str,
+        current: object,
+        allowed: Iterable[str],
+        values: Callable[[object], tuple[object, ...]],
+    ) -> None:
+        """Set a one-hot state gauge: 1 for ``current``, 0 for every other allowed state."""
+        runtime = self._runtime()
+        if runtime is None:
+            return
+        try:
+            chosen = runtime.policy.attributes(metric, values(_state_name(current)))
+            if chosen is None:
+                return
+            state_key = metric.attributes[[u.key for u in metric.attributes].index(state_field)].key
+            instrument = runtime.instruments[metric.name]
+            for name in allowed:
+                attributes = runtime.policy.attributes(metric, values(name))
+                if attributes is not None:
+                    instrument.set(1 if name == chosen[state_key] else 0, attributes)
+        except Exception as error:
+            self._fail(runtime, metric.name, error)
+
+
+def _state_name(state: object) -> object:
+    value = getattr(state, "value", state)  # enum members of users' own state types
+    return value.lower() if isinstance(value, str) else value

@@ -1,0 +1,242 @@
+"""Validation and cardinality policy: what a facade asks before anything is recorded.
+
+Everything here is decided per distinct label tuple and cached, so the hot
+path does one dict lookup. Invalid input is dropped and counted (production)
+or raises ``ValueError`` naming the field, value and rule (strict).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from meshmetrics import semconv
+from meshmetrics._definitions import AttributeDefinition, MetricDefinition
+from meshmetrics._sanitize import NotALabelError, to_label
+
+OTHER = "_OTHER"
+LOG_INTERVAL_S = 60.0
+_CACHE_LIMIT = 8192
+
+_logger = structlog.get_logger("meshmetrics")
+
+Attributes = Mapping[str, str]
+
+
+class InvalidMeasurement(ValueError):  # noqa: N818 - it *is* a ValueError, named for what it means
+    """A measurement broke a rule. Raised to the caller only in strict mode."""
+
+    def __init__(self, metric: str, field: str, value: object, rule: str, reason: str) -> None:
+        """Describe the broken rule: which metric, which field, the value, the rule."""
+        shown = repr(value)
+        if len(shown) > 80:  # noqa: PLR2004 - keep messages readable
+            shown = shown[:77] + "..."
+        super().__init__(f"{metric}: {field}={shown} is invalid: {rule}")
+        self.metric = metric
+        self.field = field
+        self.reason = reason
+
+
+@dataclass
+class _Prepared:
+    attributes: dict[str, str]
+    folded: tuple[str, ...]
+
+
+class _RateLimitedLog:
+    """Log an event at most once per interval per key."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self._interval = interval_s
+        self._last: dict[tuple[str, ...], float] = {}
+        self._suppressed: dict[tuple[str, ...], int] = {}
+
+    def warning(self, key: tuple[str, ...], event: str, **fields: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        _logger.warning(event, suppressed_since_last=suppressed, **fields)
+
+
+class Policy:
+    """Validates measurements and prepares attribute sets for one configured runtime."""
+
+    def __init__(
+        self,
+        *,
+        strict: bool,
+        max_label_length: int,
+        on_rejected: Callable[[str, str], None],
+        on_folded: Callable[[str, str], None],
+    ) -> None:
+        """Build a policy; ``on_rejected(metric, reason)`` and ``on_folded(metric, key)`` count."""
+        self.strict = strict
+        self.max_label_length = max_label_length
+        self._on_rejected = on_rejected
+        self._on_folded = on_folded
+        self._caches: dict[str, dict[tuple[object, ...], _Prepared]] = {}
+        self._seen: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+        self._log = _RateLimitedLog()
+
+    # Rejection.
+    def reject(self, metric: str, field: str, value: object, rule: str, reason: str) -> None:
+        """Drop a measurement: raise in strict mode, else count and log (rate-limited)."""
+        error = InvalidMeasurement(metric, field, value, rule, reason)
+        if self.strict:
+            raise error
+        self._on_rejected(metric, reason)
+        self._log.warning(
+            (metric, reason, field),
+            "meshmetrics_measurement_rejected",
+            metric=metric,
+            field=field,
+            reason=reason,
+            rule=rule,
+        )
+
+    def internal_error(self, metric: str, error: BaseException) -> None:
+        """Count and log a failure of meshmetrics itself; never raise it into the caller."""
+        self._on_rejected(metric, "internal_error")
+        self._log.warning(
+            (metric, "internal_error"),
+            "meshmetrics_internal_error",
+            metric=metric,
+            error=type(error).__name__,
+        )
+
+    # Measured values.
+    def duration(self, metric: str, field: str, value: object) -> float | None:
+        """A duration in seconds: a finite real number >= 0."""
+        number = self._real(metric, field, value)
+        if number is None:
+            return None
+        if not math.isfinite(number) or number < 0:
+            self.reject(metric, field, value, "must be finite and >= 0 seconds", "invalid_value")
+            return None
+        return number
+
+    def ratio(self, metric: str, field: str, value: object) -> float | None:
+        """A ratio or score: a finite real number within [0, 1]."""
+        number = self._real(metric, field, value)
+        if number is None:
+            return None
+        if not 0.0 <= number <= 1.0:  # NaN fails both comparisons
+            self.reject(metric, field, value, "must be within [0, 1]", "invalid_value")
+            return None
+        return number
+
+    def count(self, metric: str, field: str, value: object, minimum: int = 0) -> int | None:
+        """An integer count >= ``minimum`` (bools are not counts)."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.reject(metric, field, value, f"must be an integer >= {minimum}", "invalid_value")
+            return None
+        if value < minimum:
+            self.reject(metric, field, value, f"must be an integer >= {minimum}", "invalid_value")
+            return None
+        return value
+
+    def _real(self, metric: str, field: str, value: object) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.reject(metric, field, value, "must be a real number", "invalid_value")
+            return None
+        try:
+            return float(value)
+        except OverflowError:
+            self.reject(metric, field, value, "is too large", "invalid_value")
+            return None
+
+    # Attribute sets.
+    def attributes(self, metric: MetricDefinition, values: tuple[object, ...]) -> Attributes | None:
+        """Return the attribute set for ``values`` (in the metric's declared order), or None.
+
+        ``None`` values of attributes that are not required are left out.
+        """
+        cache = self._caches.get(metric.name)
+        if cache is None:
+            cache = self._caches.setdefault(metric.name, {})
+        try:
+            prepared = cache.get(values)
+        except TypeError:  # an unhashable value: prepare without caching
+            prepared, cacheable = self._prepare(metric, values), False
+        else:
+            cacheable = prepared is None
+            if prepared is None:
+                prepared = self._prepare(metric, values)
+        if prepared is None:
+            return None
+        if cacheable:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[values] = prepared
+        for key in prepared.folded:
+            self._on_folded(metric.name, key)
+        return prepared.attributes
+
+    def _prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> _Prepared | None:
+        attributes: dict[str, str] = {}
+        folded: list[str] = []
+        for use, raw in zip(metric.attributes, values, strict=True):
+            if raw is None:
+                if use.requirement_level == "required":
+                    self.reject(metric.name, use.key, raw, "is required", "invalid_attribute")
+                    return None
+                continue
+            definition = semconv.ATTRIBUTES[use.key]
+            try:
+                label = to_label(raw, self.max_label_length)
+            except NotALabelError:
+                self.reject(
+                    metric.name, use.key, raw, "must be a string, bytes, int or enum", "invalid_attribute"
+                )
+                return None
+            kept = self._apply_policy(metric.name, definition, label, folded)
+            if kept is None:
+                return None
+            attributes[use.key] = kept
+        return _Prepared(attributes, tuple(folded))
+
+    def _apply_policy(
+        self, metric: str, definition: AttributeDefinition, label: str, folded: list[str]
+    ) -> str | None:
+        if definition.policy == "enum":
+            if label in definition.allowed_values:
+                return label
+            if OTHER in definition.allowed_values:
+                folded.append(definition.key)
+                return OTHER
+            allowed = ", ".join(definition.allowed_values)
+            self.reject(metric, definition.key, label, f"must be one of {allowed}", "invalid_attribute")
+            return None
+        if definition.policy == "bounded":
+            return self._bounded(metric, definition, label, folded)
+        return label
+
+    def _bounded(self, metric: str, definition: AttributeDefinition, label: str, folded: list[str]) -> str:
+        budget_key = (metric, definition.key)
+        with self._lock:
+            seen = self._seen.setdefault(budget_key, set())
+            if label in seen or label == OTHER:
+                return label
+            if len(seen) < definition.limit:
+                seen.add(label)
+                return label
+        folded.append(definition.key)
+        self._log.warning(
+            (metric, definition.key, "overflow"),
+            "meshmetrics_attribute_budget_exceeded",
+            metric=metric,
+            attribute=definition.key,
+            limit=definition.limit,
+            folded_into=OTHER,
+        )
+        return OTHER

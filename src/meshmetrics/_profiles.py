@@ -1,0 +1,24 @@
+"""Detail profiles: which declared attributes each ``configure(detail=...)`` keeps.
+
+Applied by Views (attribute allow-lists), so dropped keys never reach any
+exporter. ``tools/gen_conventions.py`` uses the same function for the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+DETAILS = ("full", "standard", "minimal")
+
+# A histogram series costs one time series per bucket; per-instance latency
+# multiplies that by the number of instances, the most expensive thing we emit.
+_MINIMAL_HISTOGRAM_DROPS = frozenset({"mesh.instance"})
+
+
+def kept_keys(instrument: str, keys: Iterable[str], detail: str) -> tuple[str, ...]:
+    """Return the attribute keys of a metric that the ``detail`` profile keeps, in order."""
+    if detail not in DETAILS:
+        raise ValueError(f"detail={detail!r} is not one of {', '.join(DETAILS)}")
+    if detail == "minimal" and instrument == "histogram":
+        return tuple(key for key in keys if key not in _MINIMAL_HISTOGRAM_DROPS)
+    return tuple(keys)

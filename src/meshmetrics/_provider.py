@@ -1,0 +1,335 @@
+"""``configure()``: one MeterProvider, Views from the conventions, Prometheus and OTLP readers."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+import structlog
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import MeterProvider as ApiMeterProvider
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExportResult,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+
+from meshmetrics import _config, _otlp, _prometheus, _runtime, semconv
+from meshmetrics._profiles import kept_keys
+
+_logger = structlog.get_logger("meshmetrics")
+_configure_lock = threading.Lock()
+_current: MetricsHandle | None = None
+
+
+def conventions_views(detail: str) -> list[View]:
+    """Views for every registry metric: attribute allow-list (per profile) and cardinality limit."""
+    return [
+        View(
+            instrument_name=definition.name,
+            meter_name=_runtime.METER_NAME,
+            attribute_keys=set(
+                kept_keys(definition.instrument, (u.key for u in definition.attributes), detail)
+            ),
+            aggregation_cardinality_limit=definition.cardinality_limit,
+        )
+        for definition in semconv.METRICS.values()
+    ]
+
+
+def _run_bounded(action: Callable[[], object], timeout_s: float) -> bool:
+    """Run ``action`` in a daemon thread; True if it finished within ``timeout_s``."""
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            action()
+        except Exception as error:
+            _logger.warning("meshmetrics_shutdown_step_failed", error=type(error).__name__)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="meshmetrics-shutdown", daemon=True).start()
+    return done.wait(timeout_s)
+
+
+class MetricsHandle:
+    """What ``configure()`` returns: the provider, its endpoints, flush and shutdown.
+
+    Usable as a context manager; leaving the block shuts down.
+    """
+
+    def __init__(
+        self,
+        settings: _config.Settings,
+        meter_provider: ApiMeterProvider,
+        *,
+        prometheus: _prometheus.PrometheusEndpoint | None = None,
+        push_reader: PeriodicExportingMetricReader | None = None,
+        tracker: _otlp.TrackingExporter | None = None,
+    ) -> None:
+        """Wrap a built provider; use :func:`meshmetrics.configure` rather than this."""
+        self.settings = settings
+        self.meter_provider = meter_provider
+        self._prometheus = prometheus
+        self._push_reader = push_reader
+        self._tracker = tracker
+        self._lock = threading.Lock()
+        self._shutdown_result: bool | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``OTEL_SDK_DISABLED=true`` made everything a no-op."""
+        return not self.settings.disabled
+
+    @property
+    def prometheus_url(self) -> str | None:
+        """The ``/metrics`` URL being served, or None when the pull endpoint is off."""
+        return self._prometheus.url if self._prometheus else None
+
+    @property
+    def prometheus_port(self) -> int | None:
+        """The bound port of the pull endpoint (resolved when 0 was asked)."""
+        return self._prometheus.port if self._prometheus else None
+
+    @property
+    def otlp_endpoint(self) -> str | None:
+        """Where OTLP is pushed, or None when push is off."""
+        return self.settings.otlp_endpoint if self._push_reader else None
+
+    @property
+    def last_export_succeeded(self) -> bool | None:
+        """Whether the last OTLP export reached the collector (None: no export yet, or no OTLP)."""
+        if self._tracker is None or self._tracker.last_result is None:
+            return None
+        return self._tracker.last_result is MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Export now to the OTLP collector; True only if that export reached it.
+
+        Only the push reader is flushed: flushing the whole provider would queue
+        a collection in the Prometheus reader and duplicate series on the next
+        scrape. Returns True when there is nothing to push.
+        """
+        if self._push_reader is None or self._tracker is None:
+            return True
+        timeout_s = timeout if timeout is not None else self.settings.export_timeout_s
+        exports_before = self._tracker.exports
+        reader = self._push_reader
+        finished = _run_bounded(lambda: reader.force_flush(timeout_millis=timeout_s * 1000), timeout_s)
+        return (
+            finished
+            and self._tracker.exports > exports_before
+            and self._tracker.last_result is MetricExportResult.SUCCESS
+        )
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush the last measurements, stop exporters and the HTTP server, free the port.
+
+        Idempotent and bounded by ``timeout`` seconds (default
+        ``shutdown_timeout`` of ``configure``). Returns True if everything
+        stopped in time and the final OTLP export (if any) reached the collector.
+        """
+        global _current  # noqa: PLW0603 - the one active handle of the process
+        with self._lock:
+            if self._shutdown_result is not None:
+                return self._shutdown_result
+            timeout_s = timeout if timeout is not None else self.settings.shutdown_timeout_s
+            deadline = time.monotonic() + timeout_s
+            exports_before = self._tracker.exports if self._tracker else 0
+            ok = True
+            if isinstance(self.meter_provider, MeterProvider):
+                provider = self.meter_provider
+                ok = _run_bounded(lambda: provider.shutdown(timeout_millis=timeout_s * 1000), timeout_s)
+            if self._prometheus is not None:
+                ok = _run_bounded(self._prometheus.stop, max(0.5, deadline - time.monotonic())) and ok
+            if self._tracker is not None:
+                ok = (
+                    ok
+                    and self._tracker.exports > exports_before
+                    and self._tracker.last_result is MetricExportResult.SUCCESS
+                )
+            if _runtime.state.current is not None and _runtime.state.current.provider is self.meter_provider:
+                _runtime.state.current = None
+            if _current is self:
+                _current = None
+            self._shutdown_result = ok
+            _logger.info("meshmetrics_shutdown", clean=ok)
+            return ok
+
+    def __enter__(self) -> MetricsHandle:
+        """Return self."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Shut down."""
+        self.shutdown()
+
+
+def _check_views(views: Sequence[View], prometheus: bool) -> None:
+    for view in views:
+        if prometheus and isinstance(view._aggregation, ExponentialBucketHistogramAggregation):  # noqa: SLF001
+            raise ValueError(
+                "a View forcing exponential histograms would break the Prometheus endpoint "
+                "(every scrape fails); ask for them on OTLP only with "
+                "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION="
+                "base2_exponential_bucket_histogram or otlp_histogram_aggregation="
+            )
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    resource_attributes: Mapping[str, str] | None = None,
+    prometheus: bool | None = None,
+    prometheus_host: str | None = None,
+    prometheus_port: int | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    otlp_insecure: bool | None = None,
+    otlp_temporality: str | None = None,
+    otlp_histogram_aggregation: str | None = None,
+    export_interval: float | None = None,
+    export_timeout: float | None = None,
+    shutdown_timeout: float | None = None,
+    strict: bool | None = None,
+    detail: str | None = None,
+    max_label_length: int | None = None,
+    readers: Sequence[MetricReader] = (),
+    views: Sequence[View] = (),
+    set_global: bool = True,
+    shutdown_on_exit: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> MetricsHandle:
+    """Build the process's MeterProvider and make the facades record to it.
+
+    Arguments override the standard ``OTEL_*`` environment variables (see the
+    README's configuration table); durations are in seconds. Configuration
+    mistakes raise ``ValueError``; nothing else does. Calling it again shuts
+    the previous provider down first (its HTTP server and exporter thread).
+    """
+    global _current  # noqa: PLW0603 - the one active handle of the process
+    settings = _config.resolve(
+        environ=environ,
+        service_name=service_name,
+        resource_attributes=resource_attributes,
+        prometheus=prometheus,
+        prometheus_host=prometheus_host,
+        prometheus_port=prometheus_port,
+        otlp_endpoint=otlp_endpoint,
+        otlp_protocol=otlp_protocol,
+        otlp_headers=otlp_headers,
+        otlp_insecure=otlp_insecure,
+        otlp_temporality=otlp_temporality,
+        otlp_histogram_aggregation=otlp_histogram_aggregation,
+        export_interval=export_interval,
+        export_timeout=export_timeout,
+        shutdown_timeout=shutdown_timeout,
+        strict=strict,
+        detail=detail,
+        max_label_length=max_label_length,
+    )
+    with _configure_lock:
+        if _current is not None:
+            _logger.info("meshmetrics_reconfigure", previous=_current.prometheus_url)
+            _current.shutdown()
+        if settings.disabled:
+            _runtime.state.current = None
+            handle = MetricsHandle(settings, NoOpMeterProvider())
+            _logger.info("meshmetrics_disabled", reason="OTEL_SDK_DISABLED")
+            _current = handle
+            return handle
+        handle = _build(settings, readers, views)
+        _runtime.state.current = _runtime.runtime_for(handle.meter_provider, settings)
+        if set_global:
+            _set_global(handle.meter_provider)
+        if shutdown_on_exit:
+            atexit.register(handle.shutdown)
+        _current = handle
+        return handle
+
+
+def _build(
+    settings: _config.Settings, extra_readers: Sequence[MetricReader], user_views: Sequence[View]
+) -> MetricsHandle:
+    _check_views(user_views, settings.prometheus_enabled)
+    attributes: dict[str, str] = {"service.instance.id": str(uuid.uuid4())}
+    attributes.update(settings.resource_attributes)
+    if settings.service_name:
+        attributes["service.name"] = settings.service_name
+    resource = Resource.create(attributes)
+
+    readers: list[MetricReader] = list(extra_readers)
+    endpoint_reader = None
+    if settings.prometheus_enabled:
+        endpoint_reader, registry = _prometheus.make_reader()
+        readers.append(endpoint_reader)
+    push_reader = tracker = None
+    if settings.otlp_endpoint:
+        tracker = _otlp.TrackingExporter(_otlp.build_exporter(settings))
+        push_reader = PeriodicExportingMetricReader(
+            tracker,
+            export_interval_millis=settings.export_interval_s * 1000,
+            export_timeout_millis=settings.export_timeout_s * 1000,
+        )
+        readers.append(push_reader)
+
+    provider = MeterProvider(
+        metric_readers=readers,
+        resource=resource,
+        views=[*conventions_views(settings.detail), *user_views],
+        shutdown_on_exit=False,  # the handle registers its own, time-bounded
+    )
+    endpoint = None
+    if endpoint_reader is not None:
+        try:
+            endpoint = _prometheus.serve(
+                endpoint_reader, registry, settings.prometheus_host, settings.prometheus_port
+            )
+        except OSError:
+            provider.shutdown(timeout_millis=1000)
+            raise
+    _logger.info(
+        "meshmetrics_configured",
+        prometheus_url=endpoint.url if endpoint else None,
+        otlp_endpoint=settings.otlp_endpoint,
+        otlp_protocol=settings.otlp_protocol if settings.otlp_endpoint else None,
+        detail=settings.detail,
+        strict=settings.strict,
+    )
+    return MetricsHandle(settings, provider, prometheus=endpoint, push_reader=push_reader, tracker=tracker)
+
+
+def _set_global(provider: ApiMeterProvider) -> None:
+    # The OpenTelemetry API lets the global provider be set once per process; a
+    # later configure() re-points meshmetrics' facades but not that global.
+    current = otel_metrics.get_meter_provider()
+    if isinstance(current, MeterProvider):
+        _logger.info("meshmetrics_global_provider_kept", reason="already set once in this process")
+        return
+    otel_metrics.set_meter_provider(provider)
+
+
+def current_handle() -> MetricsHandle | None:
+    """The handle of the active ``configure()``, if any."""
+    return _current
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Shut down the active configuration (see :meth:`MetricsHandle.shutdown`)."""
+    handle = _current
+    return True if handle is None else handle.shutdown(timeout)

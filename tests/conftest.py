@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.request import urlopen
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client.parser import text_string_to_metric_families
+
+import meshmetrics
+from meshmetrics.testing import CapturedMetrics
+
+
+@dataclass
+class Configured:
+    handle: meshmetrics.MetricsHandle
+    reader: InMemoryMetricReader
+    captured: CapturedMetrics
+
+    def scrape(self) -> str:
+        assert self.handle.prometheus_url is not None
+        with urlopen(self.handle.prometheus_url, timeout=10) as response:
+            return response.read().decode()
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Parsed Prometheus samples: (name, labels without scope labels) -> value."""
+        return parse_samples(self.scrape())
+
+
+def parse_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            # an empty label is an absent label in Prometheus (the exporter backfills missing keys with "")
+            labels = frozenset(
+                (k, v) for k, v in sample.labels.items() if v and not k.startswith("otel_scope_")
+            )
+            key = (sample.name, labels)
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = sample.value
+    return samples
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture
+def configured() -> Iterator[Configured]:
+    reader = InMemoryMetricReader()
+    handle = meshmetrics.configure(
+        readers=[reader], prometheus_port=0, prometheus_host="127.0.0.1", set_global=False, environ={}
+    )
+    try:
+        yield Configured(handle, reader, CapturedMetrics(reader))
+    finally:
+        handle.shutdown()
+
+
+@pytest.fixture
+def strict_configured() -> Iterator[Configured]:
+    reader = InMemoryMetricReader()
+    handle = meshmetrics.configure(
+        readers=[reader], prometheus=False, set_global=False, strict=True, environ={}
+    )
+    try:
+        yield Configured(handle, reader, CapturedMetrics(reader))
+    finally:
+        handle.shutdown()

@@ -1,0 +1,41 @@
+"""Every example runs and prints what it promises."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.servers import free_port
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(name: str) -> str:
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(free_port()),
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_seed_usage_example():
+    out = run_example("seed_usage.py")
+    assert (
+        'mesh_lb_requests_total{mesh_instance="api-1",mesh_lb_strategy="round_robin",mesh_service="api"'
+        in out
+    )
+    assert (
+        'mesh_retry_attempts_total{mesh_operation="get_user",mesh_retry_attempt="1",mesh_service="api"' in out
+    )
