@@ -415,3 +415,24 @@ def test_classify_error_uses_qualified_names_for_library_errors():
     import json
 
     assert classify_error(json.JSONDecodeError("x", "doc", 0)) == "json.decoder.JSONDecodeError"
+
+
+def _prometheus_total(samples: dict, definition) -> float:
+    """Sum of a metric's series in the exposition (histograms: their _count)."""
+    name = definition.prometheus_name + ("_count" if definition.instrument == "histogram" else "")
+    return sum(value for (sample_name, _), value in samples.items() if sample_name == name)
+
+
+def test_every_metric_reads_the_same_in_memory_and_in_prometheus_text(configured):
+    record_every_metric()
+    samples = configured.samples()
+    c = configured.captured
+    for definition in semconv.METRICS.values():
+        if not c.points(definition.name):
+            continue
+        if definition.instrument == "histogram":
+            expected = c.histogram(definition.name).count
+            assert expected > 0
+        else:
+            expected = sum(point.value for _, point in c.points(definition.name))
+        assert _prometheus_total(samples, definition) == pytest.approx(expected), definition.name

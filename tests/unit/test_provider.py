@@ -285,3 +285,20 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_no_secrets_in_logs():
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        handle = meshmetrics.configure(
+            prometheus=False,
+            otlp_endpoint="http://127.0.0.1:9",
+            otlp_headers={"authorization": "Bearer s3cr3t-token"},
+            export_interval=3600,
+            set_global=False,
+            environ={"OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=another-s3cr3t"},
+        )
+        handle.shutdown(timeout=2)
+    assert any(entry["event"] == "meshmetrics_configured" for entry in logs)
+    assert "s3cr3t" not in repr(logs)
