@@ -293,6 +293,7 @@ class Mesh:
                         self.lb.connection_closed(service.name, instance.name)
                 if not instance.up:
                     state, score = "unhealthy", 0.0
+                    self.lb.record_connection_failure(service.name, instance.name, ConnectionRefusedError())
                 elif instance.slow_factor > 1 or instance.failure_rate > 0.1:
                     state, score = "degraded", 0.5
                 else:

@@ -39,3 +39,23 @@ def test_seed_usage_example():
     assert (
         'mesh_retry_attempts_total{mesh_operation="get_user",mesh_retry_attempt="1",mesh_service="api"' in out
     )
+
+
+def test_retry_library_examples():
+    for name in ("tenacity_retry.py", "stamina_retry.py", "backoff_retry.py"):
+        out = run_example(name)
+        assert "result: alice" in out, name
+        calls = [line for line in out.splitlines() if line.startswith("mesh_retry_calls_total")]
+        assert len(calls) == 1 and 'mesh_retry_outcome="successful_with_retry"' in calls[0], (name, out)
+        assert calls[0].endswith(" 1.0"), name
+
+
+def test_breaker_library_examples():
+    for name, service in (("pybreaker_breaker.py", "payments"), ("purgatory_breaker.py", "inventory")):
+        out = run_example(name)
+        assert "call failed:" in out, name
+        assert (
+            f'mesh_circuit_breaker_state{{mesh_circuit_breaker_state="open",mesh_service="{service}"' in out
+        ), name
+        rejected = [line for line in out.splitlines() if 'call_outcome="rejected"' in line]
+        assert rejected and rejected[0].endswith(" 1.0"), (name, out)
