@@ -16,14 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-conventions: install  ## regenerate semconv.py and the metric reference from the registry
+conventions: install  ## regenerate everything derived from the registry
 	$(PY) tools/gen_conventions.py
+	$(PY) tools/gen_rules.py
+	$(PY) tools/gen_dashboard.py
 
 lint: install  ## ruff, mypy --strict, and the conventions drift check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) tools/gen_conventions.py --check
+	$(PY) tools/gen_rules.py --check
+	$(PY) tools/gen_dashboard.py --check
 
 test: lint  ## everything CI runs
 	$(PY) -m pytest

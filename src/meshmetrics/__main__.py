@@ -24,7 +24,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--rate", type=float, default=50.0, help="logical calls per second (default: 50)")
     demo.add_argument("--seed", type=int, default=None, help="random seed for a reproducible run")
     demo.add_argument("--cycle", type=float, default=60.0, help="seconds per fault cycle (default: 60)")
+    top = commands.add_parser("top", help="golden signals of a process exposing meshmetrics")
+    top.add_argument("url", nargs="?", default="http://localhost:9464/metrics", help="its /metrics URL")
+    top.add_argument("--interval", type=float, default=0.5, help="seconds between scrapes (default: 0.5)")
+    top.add_argument("--iterations", type=int, default=None, help="stop after this many views")
+    top.add_argument("--no-clear", action="store_true", help="append views instead of redrawing the screen")
     args = parser.parse_args(argv)
+    if args.command == "top":
+        from meshmetrics import _top  # noqa: PLC0415 - keep `--help` fast
+
+        try:
+            _top.run(
+                args.url, args.interval, args.iterations, clear=not args.no_clear and sys.stdout.isatty()
+            )
+        except KeyboardInterrupt:
+            pass
+        except OSError as error:
+            print(f"meshmetrics top: cannot scrape {args.url}: {error}", file=sys.stderr)
+            return 1
+        return 0
 
     import meshmetrics  # noqa: PLC0415 - keep `--help` fast
     from meshmetrics import _demo  # noqa: PLC0415

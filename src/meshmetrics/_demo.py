@@ -39,6 +39,13 @@ BREAKER_OPEN_FRACTION = 1 / 12
 HEALTH_CHECK_FRACTION = 1 / 30  # every 2 s in a 60 s cycle
 RENEW_FRACTION = 1 / 6
 INCIDENT_FAILURE_RATE = 0.8
+# A few clients of an older build misbehave, as real fleets do: one reports a
+# strategy name the conventions do not know (folded into _OTHER and counted in
+# meshmetrics.attribute.overflows), one measures latency across a clock step
+# (negative durations: dropped and counted in meshmetrics.measurements.rejected).
+LEGACY_STRATEGY = "sticky_session"
+LEGACY_SHARE = 0.02
+CLOCK_SKEW_SHARE = 0.005
 
 
 class UpstreamError(Exception):
@@ -140,6 +147,7 @@ class Mesh:
                 self.mesh.record_registration(service.name)
                 self.lb.connection_opened(service.name, instance.name)
         self.last_health = self.last_renew = self.last_summary = self.started
+        self._health_checks()  # instances start in a known state
 
     def _service(
         self,
@@ -187,7 +195,8 @@ class Mesh:
         """One request to an instance; returns its simulated latency or raises."""
         instance.active += 1
         instance.requests += 1
-        self.lb.record_request(service.name, instance.name, service.strategy)
+        legacy = self.random.random() < LEGACY_SHARE
+        self.lb.record_request(service.name, instance.name, LEGACY_STRATEGY if legacy else service.strategy)
         latency = self.random.lognormvariate(0, 0.5) * instance.base_latency * instance.slow_factor
         try:
             if not instance.up:
@@ -207,7 +216,8 @@ class Mesh:
         finally:
             instance.active -= 1
             instance.ewma_latency = 0.8 * instance.ewma_latency + 0.2 * latency
-        self.lb.observe_request_duration(service.name, instance.name, latency)
+        skewed = self.random.random() < CLOCK_SKEW_SHARE
+        self.lb.observe_request_duration(service.name, instance.name, -latency if skewed else latency)
         return latency
 
     def call(self, service: Service) -> None:

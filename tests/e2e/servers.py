@@ -50,6 +50,20 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
+def wait_until_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} never became ready")
+        time.sleep(0.1)
+
+
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus") or (
         "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
@@ -71,6 +85,7 @@ class PrometheusServer:
     process: subprocess.Popen[bytes]
 
     def query(self, expression: str) -> list[dict]:
+        """Run an instant query; fails unless Prometheus accepts it."""
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urlencode({"query": expression})
         with urlopen(url, timeout=10) as response:
             body = json.loads(response.read())
@@ -92,7 +107,10 @@ class PrometheusServer:
 
 @contextmanager
 def prometheus_server(
-    scrape_targets: list[str], scrape_interval: str = "1s", extra_job: str = ""
+    scrape_targets: list[str],
+    scrape_interval: str = "1s",
+    extra_job: str = "",
+    rule_files: tuple[str, ...] = (),
 ) -> Iterator[PrometheusServer]:
     """Start /usr/bin/prometheus scraping ``scrape_targets`` (host:port) with a temp config and TSDB."""
     binary = require(prometheus_binary(), "prometheus")
@@ -104,7 +122,8 @@ def prometheus_server(
             "global:\n"
             f"  scrape_interval: {scrape_interval}\n"
             f"  evaluation_interval: {scrape_interval}\n"
-            "scrape_configs:\n"
+            + (f"rule_files: [{', '.join(repr(str(f)) for f in rule_files)}]\n" if rule_files else "")
+            + "scrape_configs:\n"
             "  - job_name: meshmetrics\n"
             f"    static_configs: [{{targets: [{targets}]}}]\n" + extra_job
         )
@@ -122,6 +141,7 @@ def prometheus_server(
         )
         try:
             wait_for_port(port)
+            wait_until_ready(f"http://127.0.0.1:{port}/-/ready")
             yield PrometheusServer(port, process)
         finally:
             process.terminate()

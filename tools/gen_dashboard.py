@@ -1,0 +1,553 @@
+"""Generate ``conventions/dashboards/mesh-overview.json``, the Grafana dashboard.
+
+Usage::
+
+    python tools/gen_dashboard.py [--check]
+
+Metric and label names come from the registry (``meshmetrics.semconv``); a test
+checks every query against it, and the end-to-end test runs every query on a
+real Prometheus scraping the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from meshmetrics import semconv
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "conventions" / "dashboards" / "mesh-overview.json"
+
+M = {name: definition.prometheus_name for name, definition in semconv.METRICS.items()}
+SEL = 'mesh_service=~"$service"'
+RI = "$__rate_interval"
+
+
+def rate(metric: str, by: str, matchers: str = "") -> str:
+    selector = f"{{{SEL}{',' + matchers if matchers else ''}}}"
+    return f"sum by ({by}) (rate({metric}{selector}[{RI}]))"
+
+
+def quantile(q: str, histogram: str, by: str) -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({histogram}_bucket{{{SEL}}}[{RI}])))"
+
+
+def ratio(numerator: str, denominator: str) -> str:
+    return f"{numerator}\n/\n{denominator}"
+
+
+CALLS = M["mesh.call.duration"] + "_count"
+ATTEMPTS = M["mesh.retry.attempts"]
+
+# (row title, [(panel title, panel type, unit, description, [(expr, legend)])])
+ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] = [
+    (
+        "Golden signals",
+        [
+            (
+                "Call rate",
+                "timeseries",
+                "reqps",
+                "Calls per second to each destination service.",
+                [(rate(CALLS, "mesh_service"), "{{mesh_service}}")],
+            ),
+            (
+                "Success rate",
+                "timeseries",
+                "percentunit",
+                "Share of calls that succeeded.",
+                [
+                    (
+                        ratio(
+                            rate(CALLS, "mesh_service", 'mesh_outcome="success"'), rate(CALLS, "mesh_service")
+                        ),
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
+                "Call latency p50 / p99",
+                "timeseries",
+                "s",
+                "From mesh.call.duration buckets.",
+                [
+                    (quantile("0.5", M["mesh.call.duration"], "mesh_service"), "p50 {{mesh_service}}"),
+                    (quantile("0.99", M["mesh.call.duration"], "mesh_service"), "p99 {{mesh_service}}"),
+                ],
+            ),
+            (
+                "Failed calls by error type",
+                "timeseries",
+                "reqps",
+                "error.type of failed calls.",
+                [
+                    (
+                        rate(CALLS, "mesh_service, error_type", 'mesh_outcome="failure"'),
+                        "{{mesh_service}} {{error_type}}",
+                    )
+                ],
+            ),
+            (
+                "Calls in flight",
+                "timeseries",
+                "short",
+                "mesh.calls.active.",
+                [(f"sum by (mesh_service) ({M['mesh.calls.active']}{{{SEL}}})", "{{mesh_service}}")],
+            ),
+        ],
+    ),
+    (
+        "Load balancing",
+        [
+            (
+                "Requests per instance",
+                "timeseries",
+                "reqps",
+                "Distribution of picks across instances.",
+                [(rate(M["mesh.lb.requests"], "mesh_service, mesh_instance"), "{{mesh_instance}}")],
+            ),
+            (
+                "Load imbalance",
+                "timeseries",
+                "short",
+                "Busiest instance's share over the mean share (1 = even).",
+                [
+                    (
+                        f"max by (mesh_service, mesh_lb_strategy) ({M['mesh.lb.load_imbalance']}{{{SEL}}})",
+                        "{{mesh_service}} ({{mesh_lb_strategy}})",
+                    )
+                ],
+            ),
+            (
+                "Latency p99 per instance",
+                "timeseries",
+                "s",
+                "From mesh.lb.request.duration buckets.",
+                [
+                    (
+                        quantile("0.99", M["mesh.lb.request.duration"], "mesh_service, mesh_instance"),
+                        "{{mesh_instance}}",
+                    )
+                ],
+            ),
+            (
+                "Active connections",
+                "timeseries",
+                "short",
+                "mesh.lb.connections.active per instance.",
+                [
+                    (
+                        f"sum by (mesh_service, mesh_instance) ({M['mesh.lb.connections.active']}{{{SEL}}})",
+                        "{{mesh_instance}}",
+                    )
+                ],
+            ),
+            (
+                "Instance health score",
+                "timeseries",
+                "percentunit",
+                "The balancer's score, 0 to 1.",
+                [
+                    (
+                        f"max by (mesh_service, mesh_instance) ({M['mesh.lb.instance.health_score']}{{{SEL}}})",
+                        "{{mesh_instance}}",
+                    )
+                ],
+            ),
+            (
+                "Endpoints by health state",
+                "timeseries",
+                "short",
+                "mesh.lb.endpoints.",
+                [
+                    (
+                        f"sum by (mesh_service, mesh_health_state) ({M['mesh.lb.endpoints']}{{{SEL}}})",
+                        "{{mesh_service}} {{mesh_health_state}}",
+                    )
+                ],
+            ),
+            (
+                "Request errors by type",
+                "timeseries",
+                "reqps",
+                "mesh.lb.errors.",
+                [(rate(M["mesh.lb.errors"], "mesh_service, error_type"), "{{mesh_service}} {{error_type}}")],
+            ),
+            (
+                "Connection failures",
+                "timeseries",
+                "reqps",
+                "mesh.lb.connection.failures.",
+                [
+                    (
+                        rate(M["mesh.lb.connection.failures"], "mesh_service, mesh_instance"),
+                        "{{mesh_instance}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "Retries",
+        [
+            (
+                "Attempts by ordinal",
+                "timeseries",
+                "reqps",
+                "1 = first try; 2 and up are retries.",
+                [(rate(ATTEMPTS, "mesh_retry_attempt"), "attempt {{mesh_retry_attempt}}")],
+            ),
+            (
+                "Retry ratio",
+                "timeseries",
+                "percentunit",
+                "Retries over all attempts.",
+                [
+                    (
+                        ratio(
+                            rate(ATTEMPTS, "mesh_service", 'mesh_retry_attempt!="1"'),
+                            rate(ATTEMPTS, "mesh_service"),
+                        ),
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
+                "Call outcomes",
+                "timeseries",
+                "reqps",
+                "mesh.retry.calls by resilience4j kind.",
+                [
+                    (
+                        rate(M["mesh.retry.calls"], "mesh_service, mesh_retry_outcome"),
+                        "{{mesh_service}} {{mesh_retry_outcome}}",
+                    )
+                ],
+            ),
+            (
+                "Attempts per call (mean)",
+                "timeseries",
+                "short",
+                "From mesh.retry.call.attempts.",
+                [
+                    (
+                        ratio(
+                            rate(M["mesh.retry.call.attempts"] + "_sum", "mesh_service"),
+                            rate(M["mesh.retry.call.attempts"] + "_count", "mesh_service"),
+                        ),
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
+                "Backoff delay p50 / p99",
+                "timeseries",
+                "s",
+                "mesh.retry.delay.",
+                [
+                    (quantile("0.5", M["mesh.retry.delay"], "mesh_service"), "p50 {{mesh_service}}"),
+                    (quantile("0.99", M["mesh.retry.delay"], "mesh_service"), "p99 {{mesh_service}}"),
+                ],
+            ),
+            (
+                "Retried call duration p99",
+                "timeseries",
+                "s",
+                "mesh.retry.duration, all attempts and backoff.",
+                [(quantile("0.99", M["mesh.retry.duration"], "mesh_service"), "{{mesh_service}}")],
+            ),
+            (
+                "Failed attempts by error type",
+                "timeseries",
+                "reqps",
+                "mesh.retry.errors.",
+                [
+                    (
+                        rate(M["mesh.retry.errors"], "mesh_service, error_type"),
+                        "{{mesh_service}} {{error_type}}",
+                    )
+                ],
+            ),
+            (
+                "Retries exhausted by reason",
+                "timeseries",
+                "reqps",
+                "max_attempts, budget, deadline, circuit_open.",
+                [
+                    (
+                        rate(M["mesh.retry.exhausted"], "mesh_service, mesh_retry_exhaust_reason"),
+                        "{{mesh_service}} {{mesh_retry_exhaust_reason}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "Circuit breakers",
+        [
+            (
+                "Breaker state",
+                "state-timeline",
+                "short",
+                "The one-hot state gauge: the state whose value is 1.",
+                [
+                    (
+                        f"max by (mesh_service, mesh_circuit_breaker_state) ({M['mesh.circuit_breaker.state']}{{{SEL}}}) == 1",
+                        "{{mesh_service}} {{mesh_circuit_breaker_state}}",
+                    )
+                ],
+            ),
+            (
+                "Transitions",
+                "timeseries",
+                "short",
+                "mesh.circuit_breaker.transitions.",
+                [
+                    (
+                        f"sum by (mesh_service, mesh_circuit_breaker_previous_state, mesh_circuit_breaker_state) (increase({M['mesh.circuit_breaker.transitions']}{{{SEL}}}[{RI}]))",
+                        "{{mesh_service}} {{mesh_circuit_breaker_previous_state}} → {{mesh_circuit_breaker_state}}",
+                    )
+                ],
+            ),
+            (
+                "Calls by outcome (rejected = refused by an open breaker)",
+                "timeseries",
+                "reqps",
+                "mesh.circuit_breaker.calls.",
+                [
+                    (
+                        rate(
+                            M["mesh.circuit_breaker.calls"], "mesh_service, mesh_circuit_breaker_call_outcome"
+                        ),
+                        "{{mesh_service}} {{mesh_circuit_breaker_call_outcome}}",
+                    )
+                ],
+            ),
+            (
+                "Failure rate",
+                "timeseries",
+                "percentunit",
+                "Over each breaker's sliding window.",
+                [
+                    (
+                        f"max by (mesh_service) ({M['mesh.circuit_breaker.failure_rate']}{{{SEL}}})",
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
+                "Mean recovery time (1 h)",
+                "timeseries",
+                "s",
+                "Open to closed again.",
+                [
+                    (
+                        f"sum by (mesh_service) (increase({M['mesh.circuit_breaker.recovery.duration']}_sum{{{SEL}}}[1h]))\n/\n"
+                        f"sum by (mesh_service) (increase({M['mesh.circuit_breaker.recovery.duration']}_count{{{SEL}}}[1h]))",
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "Registry and health",
+        [
+            (
+                "Registry operations",
+                "timeseries",
+                "ops",
+                "register, renew, deregister by outcome.",
+                [
+                    (
+                        rate(
+                            M["mesh.registry.operations"],
+                            "mesh_service, mesh_registry_operation, mesh_outcome",
+                        ),
+                        "{{mesh_service}} {{mesh_registry_operation}} {{mesh_outcome}}",
+                    )
+                ],
+            ),
+            (
+                "Registered instances",
+                "timeseries",
+                "short",
+                "mesh.registry.instances.",
+                [(f"sum by (mesh_service) ({M['mesh.registry.instances']}{{{SEL}}})", "{{mesh_service}}")],
+            ),
+            (
+                "Unhealthy instances",
+                "timeseries",
+                "short",
+                "Instances whose health state is unhealthy.",
+                [
+                    (
+                        f'sum by (mesh_service) ({M["mesh.health.status"]}{{{SEL},mesh_health_state="unhealthy"}})',
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
+                "Health check failure ratio",
+                "timeseries",
+                "percentunit",
+                "mesh.health.checks.",
+                [
+                    (
+                        ratio(
+                            rate(M["mesh.health.checks"], "mesh_service", 'mesh_outcome="failure"'),
+                            rate(M["mesh.health.checks"], "mesh_service"),
+                        ),
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "meshmetrics itself",
+        [
+            (
+                "Values folded into _OTHER",
+                "timeseries",
+                "ops",
+                "Cardinality budget overflows.",
+                [
+                    (
+                        f"sum by (meshmetrics_metric, meshmetrics_attribute) (rate({M['meshmetrics.attribute.overflows']}[{RI}]))",
+                        "{{meshmetrics_metric}} {{meshmetrics_attribute}}",
+                    )
+                ],
+            ),
+            (
+                "Rejected measurements",
+                "timeseries",
+                "ops",
+                "Invalid input dropped in production mode.",
+                [
+                    (
+                        f"sum by (meshmetrics_metric, meshmetrics_reason) (rate({M['meshmetrics.measurements.rejected']}[{RI}]))",
+                        "{{meshmetrics_metric}} {{meshmetrics_reason}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+]
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def build() -> dict[str, object]:
+    panels: list[dict[str, object]] = []
+    panel_id = 1
+    y = 0
+    for row_title, row_panels in ROWS:
+        panels.append(
+            {
+                "type": "row",
+                "title": row_title,
+                "id": panel_id,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        panel_id += 1
+        y += 1
+        for index, (title, kind, unit, description, queries) in enumerate(row_panels):
+            panels.append(
+                {
+                    "id": panel_id,
+                    "type": kind,
+                    "title": title,
+                    "description": description,
+                    "datasource": DATASOURCE,
+                    "gridPos": {"h": 8, "w": 8, "x": (index % 3) * 8, "y": y + (index // 3) * 8},
+                    "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                    "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
+                    "targets": [
+                        {
+                            "refId": chr(ord("A") + n),
+                            "datasource": DATASOURCE,
+                            "expr": expr,
+                            "legendFormat": legend,
+                        }
+                        for n, (expr, legend) in enumerate(queries)
+                    ],
+                }
+            )
+            panel_id += 1
+        y += 8 * ((len(row_panels) + 2) // 3)
+    return {
+        "title": "meshmetrics: mesh overview",
+        "uid": "meshmetrics-overview",
+        "description": "Golden signals, load balancing, retries, circuit breakers, registry and health from meshmetrics.",
+        "tags": ["meshmetrics", "service-mesh"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "browser",
+        "annotations": {"list": []},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                },
+                {
+                    "name": "service",
+                    "label": "Service",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {
+                        "query": f"label_values({M['mesh.call.duration']}_count, mesh_service)",
+                        "refId": "service",
+                    },
+                    "definition": f"label_values({M['mesh.call.duration']}_count, mesh_service)",
+                    "multi": True,
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "current": {},
+                    "refresh": 2,
+                    "sort": 1,
+                    "hide": 0,
+                },
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if the dashboard is stale")
+    args = parser.parse_args()
+    content = render()
+    if args.check:
+        if not OUTPUT.exists() or OUTPUT.read_text() != content:
+            print(f"{OUTPUT} is stale; run `make conventions`", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(content)
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
