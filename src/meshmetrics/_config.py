@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from meshmetrics._exposition import read_secret_file
 
 Protocol = Literal["grpc", "http/protobuf"]
 Temporality = Literal["cumulative", "delta", "lowmemory"]
@@ -33,6 +35,7 @@ _HISTOGRAMS: tuple[HistogramAggregation, ...] = (
     "base2_exponential_bucket_histogram",
 )
 _DETAILS: tuple[Detail, ...] = ("full", "standard", "minimal")
+_ON_FORK = ("disable", "offset")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,14 @@ class Settings:
     prometheus_enabled: bool = True
     prometheus_host: str = DEFAULT_PROMETHEUS_HOST
     prometheus_port: int = DEFAULT_PROMETHEUS_PORT
+    prometheus_server: bool = True
+    prometheus_bearer_token: str | None = field(default=None, repr=False)
+    prometheus_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    prometheus_certfile: str | None = None
+    prometheus_keyfile: str | None = None
+    prometheus_client_cafile: str | None = None
+    prometheus_on_fork: Literal["disable", "offset"] = "disable"
+    prometheus_fork_port_range: int = 64
     otlp_endpoint: str | None = None
     otlp_protocol: Protocol = "grpc"
     otlp_headers: Mapping[str, str] | None = None
@@ -128,6 +139,48 @@ def _otlp_endpoint(argument: str | None, environ: Mapping[str, str], protocol: P
     return generic
 
 
+def _endpoint_security(
+    env: Mapping[str, str],
+    *,
+    token: str | None,
+    token_file: str | None,
+    basic: tuple[str, str] | None,
+    certfile: str | None,
+    keyfile: str | None,
+    client_cafile: str | None,
+) -> dict[str, Any]:
+    """Credentials and TLS files of the pull endpoint, from arguments, files or environment."""
+    token = token or _env(env, "MESHMETRICS_PROMETHEUS_BEARER_TOKEN")
+    token_file = token_file or _env(env, "MESHMETRICS_PROMETHEUS_BEARER_TOKEN_FILE")
+    if token is None and token_file:
+        token = read_secret_file(token_file)
+    basic_user = _env(env, "MESHMETRICS_PROMETHEUS_BASIC_AUTH_USERNAME")
+    if basic is None and basic_user:
+        password_file = _env(env, "MESHMETRICS_PROMETHEUS_BASIC_AUTH_PASSWORD_FILE")
+        password = (
+            read_secret_file(password_file)
+            if password_file
+            else _env(env, "MESHMETRICS_PROMETHEUS_BASIC_AUTH_PASSWORD")
+        )
+        basic = (basic_user, password or "")
+    certfile = certfile or _env(env, "MESHMETRICS_PROMETHEUS_CERTFILE")
+    keyfile = keyfile or _env(env, "MESHMETRICS_PROMETHEUS_KEYFILE")
+    if bool(certfile) != bool(keyfile):
+        raise ValueError("prometheus_certfile and prometheus_keyfile go together")
+    client_cafile = client_cafile or _env(env, "MESHMETRICS_PROMETHEUS_CLIENT_CAFILE")
+    if client_cafile and not certfile:
+        raise ValueError(
+            "prometheus_client_cafile (mutual TLS) needs prometheus_certfile and prometheus_keyfile"
+        )
+    return {
+        "prometheus_bearer_token": token,
+        "prometheus_basic_auth": basic,
+        "prometheus_certfile": certfile,
+        "prometheus_keyfile": keyfile,
+        "prometheus_client_cafile": client_cafile,
+    }
+
+
 def resolve(  # noqa: C901 - one branch per documented knob reads clearest
     *,
     environ: Mapping[str, str] | None = None,
@@ -136,6 +189,14 @@ def resolve(  # noqa: C901 - one branch per documented knob reads clearest
     prometheus: bool | None = None,
     prometheus_host: str | None = None,
     prometheus_port: int | None = None,
+    prometheus_server: bool = True,
+    prometheus_bearer_token: str | None = None,
+    prometheus_bearer_token_file: str | None = None,
+    prometheus_basic_auth: tuple[str, str] | None = None,
+    prometheus_certfile: str | None = None,
+    prometheus_keyfile: str | None = None,
+    prometheus_client_cafile: str | None = None,
+    prometheus_on_fork: str | None = None,
     otlp_endpoint: str | None = None,
     otlp_protocol: str | None = None,
     otlp_headers: Mapping[str, str] | None = None,
@@ -211,7 +272,23 @@ def resolve(  # noqa: C901 - one branch per documented knob reads clearest
         if seconds is not None and not seconds > 0:
             raise ValueError(f"{name}={seconds!r} must be a positive number of seconds")
 
+    security = _endpoint_security(
+        env,
+        token=prometheus_bearer_token,
+        token_file=prometheus_bearer_token_file,
+        basic=prometheus_basic_auth,
+        certfile=prometheus_certfile,
+        keyfile=prometheus_keyfile,
+        client_cafile=prometheus_client_cafile,
+    )
+    on_fork = _choice(
+        prometheus_on_fork or _env(env, "MESHMETRICS_PROMETHEUS_ON_FORK"), _ON_FORK, "prometheus_on_fork"
+    )
+
     return Settings(
+        prometheus_server=prometheus_server,
+        **security,
+        prometheus_on_fork=on_fork or "disable",  # type: ignore[arg-type]
         service_name=service_name or _env(env, "OTEL_SERVICE_NAME"),
         resource_attributes=resource,
         prometheus_enabled=prometheus,

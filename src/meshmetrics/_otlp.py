@@ -7,9 +7,12 @@ result of the last export and the handle reports that instead.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
+import structlog
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -28,6 +31,15 @@ from opentelemetry.sdk.metrics.view import Aggregation, ExponentialBucketHistogr
 
 from meshmetrics._config import Settings
 
+_logger = structlog.get_logger("meshmetrics")
+LOG_INTERVAL_S = 60.0
+# The OpenTelemetry exporters and readers log every failed attempt through the
+# standard library; during a collector outage that is a line per retry.
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.sdk.metrics._internal.export",
+)
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _DELTA = AggregationTemporality.DELTA
 
@@ -96,20 +108,40 @@ class TrackingExporter(MetricExporter):
         self.exports = 0
         self.failures = 0
         self.last_result: MetricExportResult | None = None
+        self.disabled = False
+        self._last_failure_log = -LOG_INTERVAL_S
+        self._failures_since_log = 0
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         """Export through the inner exporter and record the outcome."""
+        if self.disabled:  # a forked child dropping what it inherited from its parent
+            return MetricExportResult.SUCCESS
+        error = ""
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            result = MetricExportResult.FAILURE
+        except Exception as exception:
+            result, error = MetricExportResult.FAILURE, type(exception).__name__
         with self._lock:
             self.exports += 1
-            if result is not MetricExportResult.SUCCESS:
-                self.failures += 1
             self.last_result = result
+            if result is MetricExportResult.SUCCESS:
+                return result
+            self.failures += 1
+            self._failures_since_log += 1
+            now = time.monotonic()
+            if now - self._last_failure_log < LOG_INTERVAL_S:
+                return result
+            self._last_failure_log, failed = now, self._failures_since_log
+            self._failures_since_log = 0
+        _logger.warning(
+            "meshmetrics_otlp_export_failed",
+            endpoint=getattr(self.inner, "_endpoint", None),
+            error=error or "export failed",
+            failed_exports=failed,
+            total_failures=self.failures,
+        )
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -119,3 +151,33 @@ class TrackingExporter(MetricExporter):
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Shut the inner exporter down."""
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+class RateLimitFilter(logging.Filter):
+    """Let through at most one record per message template and logger per interval."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        """Allow one record per ``interval_s`` seconds per (logger, template)."""
+        super().__init__("meshmetrics")
+        self._interval = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True if this record may be emitted now."""
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            return False
+        self._last[key] = now
+        return True
+
+
+_filter = RateLimitFilter()
+
+
+def quiet_exporter_logs() -> None:
+    """Rate-limit the OpenTelemetry exporters' per-attempt warnings (idempotent)."""
+    for name in _EXPORTER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)

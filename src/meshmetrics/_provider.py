@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import errno
+import os
 import threading
 import time
 import uuid
@@ -21,8 +24,10 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
 
-from meshmetrics import _config, _otlp, _prometheus, _runtime, semconv
+from meshmetrics import _apps, _config, _http, _otlp, _prometheus, _runtime, semconv
+from meshmetrics._exposition import EndpointAuth
 from meshmetrics._profiles import kept_keys
 
 _logger = structlog.get_logger("meshmetrics")
@@ -72,14 +77,18 @@ class MetricsHandle:
         settings: _config.Settings,
         meter_provider: ApiMeterProvider,
         *,
-        prometheus: _prometheus.PrometheusEndpoint | None = None,
+        registry: CollectorRegistry | None = None,
+        server: _http.MetricsServer | None = None,
         push_reader: PeriodicExportingMetricReader | None = None,
         tracker: _otlp.TrackingExporter | None = None,
+        views: Sequence[View] = (),
     ) -> None:
         """Wrap a built provider; use :func:`meshmetrics.configure` rather than this."""
         self.settings = settings
         self.meter_provider = meter_provider
-        self._prometheus = prometheus
+        self._registry = registry
+        self._prometheus = server
+        self._views = tuple(views)
         self._push_reader = push_reader
         self._tracker = tracker
         self._lock = threading.Lock()
@@ -99,6 +108,19 @@ class MetricsHandle:
     def prometheus_port(self) -> int | None:
         """The bound port of the pull endpoint (resolved when 0 was asked)."""
         return self._prometheus.port if self._prometheus else None
+
+    def wsgi_app(self) -> _apps.WSGIApp:
+        """``/metrics`` as a WSGI app with this configuration's authentication."""
+        return _apps.make_wsgi_app(self._require_registry(), endpoint_auth(self.settings))
+
+    def asgi_app(self) -> _apps.ASGIApp:
+        """``/metrics`` as an ASGI app with this configuration's authentication."""
+        return _apps.make_asgi_app(self._require_registry(), endpoint_auth(self.settings))
+
+    def _require_registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            raise ValueError("the Prometheus reader is off: configure(prometheus=True)")
+        return self._registry
 
     @property
     def otlp_endpoint(self) -> str | None:
@@ -197,6 +219,14 @@ def configure(
     prometheus: bool | None = None,
     prometheus_host: str | None = None,
     prometheus_port: int | None = None,
+    prometheus_server: bool = True,
+    prometheus_bearer_token: str | None = None,
+    prometheus_bearer_token_file: str | None = None,
+    prometheus_basic_auth: tuple[str, str] | None = None,
+    prometheus_certfile: str | None = None,
+    prometheus_keyfile: str | None = None,
+    prometheus_client_cafile: str | None = None,
+    prometheus_on_fork: str | None = None,
     otlp_endpoint: str | None = None,
     otlp_protocol: str | None = None,
     otlp_headers: Mapping[str, str] | None = None,
@@ -230,6 +260,14 @@ def configure(
         prometheus=prometheus,
         prometheus_host=prometheus_host,
         prometheus_port=prometheus_port,
+        prometheus_server=prometheus_server,
+        prometheus_bearer_token=prometheus_bearer_token,
+        prometheus_bearer_token_file=prometheus_bearer_token_file,
+        prometheus_basic_auth=prometheus_basic_auth,
+        prometheus_certfile=prometheus_certfile,
+        prometheus_keyfile=prometheus_keyfile,
+        prometheus_client_cafile=prometheus_client_cafile,
+        prometheus_on_fork=prometheus_on_fork,
         otlp_endpoint=otlp_endpoint,
         otlp_protocol=otlp_protocol,
         otlp_headers=otlp_headers,
@@ -263,23 +301,49 @@ def configure(
         return handle
 
 
-def _build(
-    settings: _config.Settings, extra_readers: Sequence[MetricReader], user_views: Sequence[View]
-) -> MetricsHandle:
-    _check_views(user_views, settings.prometheus_enabled)
+def endpoint_auth(settings: _config.Settings) -> EndpointAuth:
+    """The credentials a scrape must present, from the settings."""
+    basic = settings.prometheus_basic_auth
+    return EndpointAuth(
+        bearer_token=settings.prometheus_bearer_token,
+        basic_username=basic[0] if basic else None,
+        basic_password=basic[1] if basic else None,
+    )
+
+
+def _tls(settings: _config.Settings) -> _http.TLSConfig | None:
+    if not (settings.prometheus_certfile and settings.prometheus_keyfile):
+        return None
+    return _http.TLSConfig(
+        settings.prometheus_certfile, settings.prometheus_keyfile, settings.prometheus_client_cafile
+    )
+
+
+def _resource(settings: _config.Settings) -> Resource:
     attributes: dict[str, str] = {"service.instance.id": str(uuid.uuid4())}
     attributes.update(settings.resource_attributes)
     if settings.service_name:
         attributes["service.name"] = settings.service_name
-    resource = Resource.create(attributes)
+    return Resource.create(attributes)
+
+
+def _build(
+    settings: _config.Settings,
+    extra_readers: Sequence[MetricReader],
+    user_views: Sequence[View],
+    resource: Resource | None = None,
+) -> MetricsHandle:
+    _check_views(user_views, settings.prometheus_enabled)
+    resource = resource or _resource(settings)
 
     readers: list[MetricReader] = list(extra_readers)
-    endpoint_reader = None
+    endpoint_reader = registry = None
     if settings.prometheus_enabled:
         endpoint_reader, registry = _prometheus.make_reader()
         readers.append(endpoint_reader)
     push_reader = tracker = None
     if settings.otlp_endpoint:
+        _otlp.quiet_exporter_logs()
         tracker = _otlp.TrackingExporter(_otlp.build_exporter(settings))
         push_reader = PeriodicExportingMetricReader(
             tracker,
@@ -295,10 +359,14 @@ def _build(
         shutdown_on_exit=False,  # the handle registers its own, time-bounded
     )
     endpoint = None
-    if endpoint_reader is not None:
+    if registry is not None and settings.prometheus_server:
         try:
-            endpoint = _prometheus.serve(
-                endpoint_reader, registry, settings.prometheus_host, settings.prometheus_port
+            endpoint = _http.serve(
+                registry,
+                settings.prometheus_host,
+                settings.prometheus_port,
+                endpoint_auth(settings),
+                _tls(settings),
             )
         except OSError:
             provider.shutdown(timeout_millis=1000)
@@ -308,10 +376,24 @@ def _build(
         prometheus_url=endpoint.url if endpoint else None,
         otlp_endpoint=settings.otlp_endpoint,
         otlp_protocol=settings.otlp_protocol if settings.otlp_endpoint else None,
+        prometheus_auth="bearer"
+        if settings.prometheus_bearer_token
+        else "basic"
+        if settings.prometheus_basic_auth
+        else None,
+        prometheus_tls=settings.prometheus_certfile is not None,
         detail=settings.detail,
         strict=settings.strict,
     )
-    return MetricsHandle(settings, provider, prometheus=endpoint, push_reader=push_reader, tracker=tracker)
+    return MetricsHandle(
+        settings,
+        provider,
+        registry=registry,
+        server=endpoint,
+        push_reader=push_reader,
+        tracker=tracker,
+        views=user_views,
+    )
 
 
 def _set_global(provider: ApiMeterProvider) -> None:
@@ -322,6 +404,79 @@ def _set_global(provider: ApiMeterProvider) -> None:
         _logger.info("meshmetrics_global_provider_kept", reason="already set once in this process")
         return
     otel_metrics.set_meter_provider(provider)
+
+
+def _abandon_in_child(handle: MetricsHandle) -> None:
+    """In a forked child: drop the parent's provider without exporting its counts again."""
+    if handle._tracker is not None:  # noqa: SLF001 - the handle's own module
+        handle._tracker.disabled = True  # noqa: SLF001
+    if handle._prometheus is not None:  # noqa: SLF001
+        handle._prometheus.close_inherited()  # noqa: SLF001
+        handle._prometheus = None  # noqa: SLF001
+    handle._shutdown_result = True  # noqa: SLF001
+    if isinstance(handle.meter_provider, MeterProvider):
+        provider = handle.meter_provider
+        _run_bounded(lambda: provider.shutdown(timeout_millis=1000), 1.0)
+
+
+def _child_settings(settings: _config.Settings, port: int) -> list[_config.Settings]:
+    """The settings a forked child tries, in order (several ports for the offset strategy)."""
+    if not (settings.prometheus_enabled and settings.prometheus_server):
+        return [settings]
+    if settings.prometheus_on_fork == "offset":
+        return [
+            dataclasses.replace(settings, prometheus_port=port + offset)
+            for offset in range(1, settings.prometheus_fork_port_range + 1)
+        ]
+    _logger.warning(
+        "meshmetrics_prometheus_endpoint_off_in_child",
+        pid=os.getpid(),
+        reason="a forked child cannot share its parent's port",
+        fix="push with OTLP, or configure(prometheus_on_fork='offset') for one port per worker",
+    )
+    return [dataclasses.replace(settings, prometheus_server=False)]
+
+
+def _build_in_child(handle: MetricsHandle) -> MetricsHandle:
+    # The parent's resource with a new instance id: Resource.create() would run
+    # detectors on a thread pool, which is not safe inside an at-fork handler.
+    parent = getattr(handle.meter_provider, "_sdk_config", None)
+    resource = (parent.resource if parent else Resource({})).merge(
+        Resource({"service.instance.id": str(uuid.uuid4())})
+    )
+    port = handle.settings.prometheus_port
+    for candidate in _child_settings(handle.settings, port):
+        try:
+            return _build(candidate, (), handle._views, resource)  # noqa: SLF001
+        except OSError as error:  # noqa: PERF203 - one try per port, rarely more than one
+            if error.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"no free port after {port}")
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child its own provider: zero counts, its own service.instance.id."""
+    global _current, _configure_lock  # noqa: PLW0603 - process-wide state, reset in the child
+    _configure_lock = threading.Lock()  # another parent thread may have held it at fork time
+    _runtime.reset_after_fork()
+    handle = _current
+    if handle is None or not handle.enabled:
+        return
+    _current = None
+    _runtime.state.current = None
+    try:
+        _abandon_in_child(handle)
+        new = _build_in_child(handle)
+    except Exception as error:
+        _logger.warning("meshmetrics_fork_reconfigure_failed", pid=os.getpid(), error=repr(error))
+        return
+    _runtime.state.current = _runtime.runtime_for(new.meter_provider, new.settings)
+    atexit.register(new.shutdown)
+    _current = new
+    _logger.info("meshmetrics_reconfigured_after_fork", pid=os.getpid(), prometheus_url=new.prometheus_url)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current_handle() -> MetricsHandle | None:

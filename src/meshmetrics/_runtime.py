@@ -91,6 +91,13 @@ _by_provider: weakref.WeakKeyDictionary[MeterProvider, Runtime] = weakref.WeakKe
 _lock = threading.Lock()
 
 
+def reset_after_fork() -> None:
+    """In a forked child: fresh lock and no runtime bound to the parent's providers."""
+    global _lock  # noqa: PLW0603 - module state, reset in the child
+    _lock = threading.Lock()
+    _by_provider.clear()
+
+
 def runtime_for(provider: MeterProvider, settings: Settings | None = None) -> Runtime:
     """Return the one runtime bound to ``provider``, creating it on first use."""
     with _lock:

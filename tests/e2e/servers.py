@@ -111,6 +111,7 @@ def prometheus_server(
     scrape_interval: str = "1s",
     extra_job: str = "",
     rule_files: tuple[str, ...] = (),
+    config_text: str | None = None,
 ) -> Iterator[PrometheusServer]:
     """Start /usr/bin/prometheus scraping ``scrape_targets`` (host:port) with a temp config and TSDB."""
     binary = require(prometheus_binary(), "prometheus")
@@ -127,6 +128,8 @@ def prometheus_server(
             "  - job_name: meshmetrics\n"
             f"    static_configs: [{{targets: [{targets}]}}]\n" + extra_job
         )
+        if config_text is not None:
+            config.write_text(config_text)
         log = (Path(workdir) / "prometheus.log").open("wb")
         process = subprocess.Popen(
             [
@@ -235,8 +238,13 @@ def parse_rotel(text: str) -> Received:
 class RotelReceiver:
     grpc_port: int
     http_port: int
-    process: subprocess.Popen[bytes]
-    output_path: Path
+    binary: str
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def output_path(self) -> Path:
+        return self.workdir / "rotel.out"
 
     @property
     def grpc_endpoint(self) -> str:
@@ -246,18 +254,58 @@ class RotelReceiver:
     def http_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/v1/metrics"
 
+    def start(self) -> None:
+        with self.output_path.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "start",
+                    "--exporter",
+                    "blackhole",
+                    "--debug-log",
+                    "metrics",
+                    "--debug-log-verbosity",
+                    "detailed",
+                    "--otlp-grpc-endpoint",
+                    f"127.0.0.1:{self.grpc_port}",
+                    "--otlp-http-endpoint",
+                    f"127.0.0.1:{self.http_port}",
+                    "--pid-file",
+                    str(self.workdir / "rotel.pid"),
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+        wait_for_port(self.grpc_port)
+        wait_for_port(self.http_port)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def received(self) -> Received:
         return parse_rotel(self.output_path.read_text(errors="replace"))
 
-    def wait_for(self, metric: str, timeout: float = 20.0, **attributes: str) -> dict[str, object]:
+    def wait_for(
+        self, metric: str, timeout: float = 20.0, value=None, **attributes: str
+    ) -> dict[str, object]:
+        """The last point received for (metric, attributes); with ``value``, wait until it has that value."""
         deadline = time.monotonic() + timeout
+        key = (metric, frozenset(attributes.items()))
         while True:
-            received = self.received()
-            key = (metric, frozenset(attributes.items()))
-            if key in received.values:
-                return received.values[key]
+            point = self.received().values.get(key)
+            if point is not None and (value is None or point.get("value", point.get("count")) == value):
+                return point
             if time.monotonic() > deadline:
-                raise AssertionError(f"rotel never received {key}; got {sorted(received.names())}")
+                raise AssertionError(f"rotel never received {key} (value={value}); last: {point}")
             time.sleep(0.2)
 
 
@@ -265,40 +313,10 @@ class RotelReceiver:
 def rotel_receiver() -> Iterator[RotelReceiver]:
     """Start rotel-agent on loopback ports, printing every metric it receives."""
     binary = require(rotel_binary(), "rotel (pip install rotel)")
-    grpc_port, http_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="meshmetrics-rotel-") as workdir:
-        output = Path(workdir) / "rotel.out"
-        sink = output.open("wb")
-        process = subprocess.Popen(
-            [
-                binary,
-                "start",
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{grpc_port}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{http_port}",
-                "--pid-file",
-                str(Path(workdir) / "rotel.pid"),
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
+        receiver = RotelReceiver(free_port(), free_port(), binary, Path(workdir))
+        receiver.start()
         try:
-            wait_for_port(grpc_port)
-            wait_for_port(http_port)
-            yield RotelReceiver(grpc_port, http_port, process, output)
+            yield receiver
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            sink.close()
+            receiver.stop()
