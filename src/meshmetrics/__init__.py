@@ -13,12 +13,14 @@ from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
 from meshmetrics._errors import classify_error
 from meshmetrics._lb import LoadBalancerMetrics
 from meshmetrics._mesh import CallTracker, ServiceMeshMetrics
-from meshmetrics._policy import InvalidMeasurement
+from meshmetrics._normalizers import status_class, template_path
+from meshmetrics._policy import AttributePolicy, InvalidMeasurement, bounded, drop, hashed, unbounded
 from meshmetrics._provider import MetricsHandle, configure, current_handle, shutdown
 from meshmetrics._retry import RetryCallTracker, RetryMetrics, retry_outcome
 from meshmetrics._version import __version__
 
 __all__ = [
+    "AttributePolicy",
     "CallTracker",
     "CircuitBreakerMetrics",
     "CircuitBreakerTracker",
@@ -29,9 +31,15 @@ __all__ = [
     "RetryMetrics",
     "ServiceMeshMetrics",
     "__version__",
+    "bounded",
     "classify_error",
     "configure",
     "current_handle",
+    "drop",
+    "hashed",
     "retry_outcome",
     "shutdown",
+    "status_class",
+    "template_path",
+    "unbounded",
 ]

@@ -8,7 +8,7 @@ kept in seconds here, the unit the Python exporters take.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +69,14 @@ class Settings:
     strict: bool = False
     detail: Detail = "standard"
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
+    fast_path: bool = True
+    series_ttl_s: float = 0.0
+    attribute_policies: Mapping[str, Any] = field(default_factory=dict)
+    normalizers: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
+
+    def dropped(self) -> frozenset[str]:
+        """Attribute keys configured away (``drop()``)."""
+        return frozenset(key for key, policy in self.attribute_policies.items() if policy.kind == "drop")
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:
@@ -181,6 +189,29 @@ def _endpoint_security(
     }
 
 
+def _check_attribute_keys(policies: Mapping[str, Any], normalizers: Mapping[str, Any]) -> None:
+    from meshmetrics import semconv  # noqa: PLC0415 - semconv imports this module's package
+
+    for key in (*policies, *normalizers):
+        if key not in semconv.ATTRIBUTES:
+            raise ValueError(f"{key!r} is not an attribute of the conventions registry")
+    for key, policy in policies.items():
+        if policy.kind in ("bounded", "hashed") and semconv.ATTRIBUTES[key].type == "enum":
+            raise ValueError(f"{key!r} is an enum: only drop() applies to it")
+
+
+def _series_ttl(argument: float | None, env: Mapping[str, str]) -> float:
+    if argument is None:
+        raw = _env(env, "MESHMETRICS_SERIES_TTL")
+        try:
+            argument = float(raw) if raw else 0.0
+        except ValueError:
+            raise ValueError(f"MESHMETRICS_SERIES_TTL={raw!r} is not a number of seconds") from None
+    if argument < 0:
+        raise ValueError(f"series_ttl={argument!r} must be >= 0 seconds (0 = never)")
+    return argument
+
+
 def resolve(  # noqa: C901 - one branch per documented knob reads clearest
     *,
     environ: Mapping[str, str] | None = None,
@@ -209,6 +240,10 @@ def resolve(  # noqa: C901 - one branch per documented knob reads clearest
     strict: bool | None = None,
     detail: str | None = None,
     max_label_length: int | None = None,
+    fast_path: bool | None = None,
+    series_ttl: float | None = None,
+    attribute_policies: Mapping[str, Any] | None = None,
+    normalizers: Mapping[str, Callable[[str], str]] | None = None,
 ) -> Settings:
     """Merge arguments (seconds for durations) over the environment over defaults."""
     env = os.environ if environ is None else environ
@@ -285,7 +320,17 @@ def resolve(  # noqa: C901 - one branch per documented knob reads clearest
         prometheus_on_fork or _env(env, "MESHMETRICS_PROMETHEUS_ON_FORK"), _ON_FORK, "prometheus_on_fork"
     )
 
+    if fast_path is None:
+        fast_path = _flag(env, "MESHMETRICS_FAST_PATH") is not False
+    series_ttl = _series_ttl(series_ttl, env)
+
+    _check_attribute_keys(attribute_policies or {}, normalizers or {})
+
     return Settings(
+        attribute_policies=dict(attribute_policies or {}),
+        normalizers=dict(normalizers or {}),
+        fast_path=fast_path,
+        series_ttl_s=series_ttl,
         prometheus_server=prometheus_server,
         **security,
         prometheus_on_fork=on_fork or "disable",  # type: ignore[arg-type]

@@ -13,10 +13,20 @@ from opentelemetry.metrics import MeterProvider
 
 from meshmetrics._definitions import MetricDefinition
 from meshmetrics._errors import classify_error
-from meshmetrics._policy import InvalidMeasurement, Policy
+from meshmetrics._policy import InvalidMeasurement, Policy, Prepared
 from meshmetrics._runtime import Runtime, runtime_for, state
+from meshmetrics._sanitize import to_label
+from meshmetrics.semconv import ATTR_MESH_INSTANCE as ATTR_INSTANCE
+from meshmetrics.semconv import ATTR_MESH_SERVICE as ATTR_SERVICE
+from meshmetrics.semconv import METRICS
+
+# Every metric with a per-instance series: what ends when an instance goes away.
+INSTANCE_METRICS = tuple(name for name, d in METRICS.items() if ATTR_INSTANCE in d.attribute_keys)
 
 Validator = Callable[[Policy, str, str, object], "float | int | None"]
+
+
+_INF = float("inf")
 
 
 def duration(policy: Policy, metric: str, field: str, value: object) -> float | None:
@@ -65,13 +75,19 @@ class Facade:
         runtime.policy.internal_error(metric, error)
 
     def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
-        runtime = self._runtime()
+        runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
         if runtime is None:
             return
         try:
-            attributes = runtime.policy.attributes(metric, values)
-            if attributes is not None:
-                runtime.instruments[metric.name].add(amount, attributes)
+            prepared: Prepared | None
+            try:  # the policy's cache, read inline: one dict lookup per call
+                prepared = runtime.policy.cache[metric.name][values]
+                if prepared.folded:
+                    prepared = runtime.policy.prepare(metric, values)
+            except (KeyError, TypeError):
+                prepared = runtime.policy.prepare(metric, values)
+            if prepared is not None:
+                runtime.instruments[metric.name].add(amount, prepared.key, prepared.attributes)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
@@ -84,23 +100,45 @@ class Facade:
         values: tuple[object, ...],
     ) -> None:
         """Validate ``value`` and record it on a histogram (``record``) or gauge (``set``)."""
+        runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
+        if runtime is None:
+            return
+        try:
+            # the common case, a finite non-negative float duration, skips the validator call
+            if validator is duration and type(value) is float and 0.0 <= value < _INF:
+                checked: float | int | None = value
+            else:
+                checked = validator(runtime.policy, metric.name, field, value)
+            if checked is None:
+                return
+            prepared: Prepared | None
+            try:  # the policy's cache, read inline: one dict lookup per call
+                prepared = runtime.policy.cache[metric.name][values]
+                if prepared.folded:
+                    prepared = runtime.policy.prepare(metric, values)
+            except (KeyError, TypeError):
+                prepared = runtime.policy.prepare(metric, values)
+            if prepared is None:
+                return
+            instrument = runtime.instruments[metric.name]
+            if metric.instrument == "histogram":
+                instrument.record(checked, prepared.key, prepared.attributes)
+            else:
+                instrument.set(checked, prepared.key, prepared.attributes)
+        except Exception as error:
+            self._fail(runtime, metric.name, error)
+
+    def _remove_instance(self, service: object, instance: object) -> None:
+        """Stop exporting every series of ``instance`` of ``service`` (it is gone)."""
         runtime = self._runtime()
         if runtime is None:
             return
         try:
-            checked = validator(runtime.policy, metric.name, field, value)
-            if checked is None:
-                return
-            attributes = runtime.policy.attributes(metric, values)
-            if attributes is None:
-                return
-            instrument = runtime.instruments[metric.name]
-            if metric.instrument == "histogram":
-                instrument.record(checked, attributes)
-            else:
-                instrument.set(checked, attributes)
+            length = runtime.policy.max_label_length
+            where = {ATTR_SERVICE: to_label(service, length), ATTR_INSTANCE: to_label(instance, length)}
+            runtime.remove_series(INSTANCE_METRICS, where)
         except Exception as error:
-            self._fail(runtime, metric.name, error)
+            self._fail(runtime, "remove_instance", error)
 
     def _one_hot(
         self,
@@ -115,15 +153,16 @@ class Facade:
         if runtime is None:
             return
         try:
-            chosen = runtime.policy.attributes(metric, values(_state_name(current)))
+            chosen = runtime.policy.prepare(metric, values(_state_name(current)))
             if chosen is None:
                 return
-            state_key = metric.attributes[[u.key for u in metric.attributes].index(state_field)].key
             instrument = runtime.instruments[metric.name]
             for name in allowed:
-                attributes = runtime.policy.attributes(metric, values(name))
-                if attributes is not None:
-                    instrument.set(1 if name == chosen[state_key] else 0, attributes)
+                prepared = runtime.policy.prepare(metric, values(name))
+                if prepared is not None:
+                    instrument.set(
+                        1 if name == chosen.attributes[state_field] else 0, prepared.key, prepared.attributes
+                    )
         except Exception as error:
             self._fail(runtime, metric.name, error)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from meshmetrics import _facade, semconv
+from meshmetrics._policy import Prepared
+from meshmetrics._runtime import state as _runtime_state
 
 _M = semconv.METRICS
 _REQUESTS = _M[semconv.METRIC_MESH_LB_REQUESTS]
@@ -32,18 +34,27 @@ class LoadBalancerMetrics(_facade.Facade):
 
         Also feeds ``mesh.lb.load_imbalance`` for (service, strategy).
         """
-        runtime = self._runtime()
+        runtime = self._explicit or _runtime_state.current  # inlined _runtime(): the hot path
         if runtime is None:
             return
         try:
-            attributes = runtime.policy.attributes(_REQUESTS, (service, instance, strategy))
-            if attributes is None:
+            values = (service, instance, strategy)
+            prepared: Prepared | None
+            try:  # the policy's cache, read inline: one dict lookup per call
+                prepared = runtime.policy.cache[_REQUESTS.name][values]
+                if prepared.folded:
+                    prepared = runtime.policy.prepare(_REQUESTS, values)
+            except (KeyError, TypeError):
+                prepared = runtime.policy.prepare(_REQUESTS, values)
+            if prepared is None:
                 return
-            runtime.instruments[_REQUESTS.name].add(1, attributes)
-            runtime.imbalance.add(
-                (attributes[semconv.ATTR_MESH_SERVICE], attributes[semconv.ATTR_MESH_LB_STRATEGY]),
-                attributes[semconv.ATTR_MESH_INSTANCE],
-            )
+            attributes = prepared.attributes
+            runtime.instruments[_REQUESTS.name].add(1, prepared.key, attributes)
+            if runtime.imbalance is not None:  # the SDK path; the fast path reads its own counts
+                runtime.imbalance.add(
+                    (attributes[semconv.ATTR_MESH_SERVICE], attributes[semconv.ATTR_MESH_LB_STRATEGY]),
+                    attributes[semconv.ATTR_MESH_INSTANCE],
+                )
         except Exception as error:
             self._fail(runtime, _REQUESTS.name, error)
 
@@ -99,3 +110,12 @@ class LoadBalancerMetrics(_facade.Facade):
         counts = {"healthy": healthy, "degraded": degraded, "unhealthy": unhealthy, "unknown": unknown}
         for state in _HEALTH_STATES:
             self._measure(_ENDPOINTS, _facade.count, state, counts[state], (service, state))
+
+    def remove_instance(self, service: str, instance: str) -> None:
+        """``instance`` left the balancer: its series end and its budget place is freed.
+
+        Its series (health score, connections, requests, latency, errors) stop
+        being exported at once, and its place in the ``mesh.instance`` budget goes
+        to the instances that replace it.
+        """
+        self._remove_instance(service, instance)

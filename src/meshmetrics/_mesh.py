@@ -90,11 +90,19 @@ class ServiceMeshMetrics(_facade.Facade):
         if success:
             self._add(_REGISTRY_INSTANCES, 1, (service,))
 
-    def record_deregistration(self, service: str, *, success: bool = True, error: object = None) -> None:
-        """An instance of ``service`` deregistered (or failed to)."""
+    def record_deregistration(
+        self, service: str, *, instance: str | None = None, success: bool = True, error: object = None
+    ) -> None:
+        """An instance of ``service`` deregistered (or failed to).
+
+        Naming the ``instance`` ends its series (health status, health score,
+        connections, ...) at once and frees its place in the ``mesh.instance`` budget.
+        """
         self._registry(service, "deregister", success, error)
         if success:
             self._add(_REGISTRY_INSTANCES, -1, (service,))
+            if instance is not None:
+                self._remove_instance(service, instance)
 
     def record_renewal(self, service: str, *, success: bool = True, error: object = None) -> None:
         """An instance of ``service`` renewed its registration lease (or failed to)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -42,10 +43,45 @@ class InvalidMeasurement(ValueError):  # noqa: N818 - it *is* a ValueError, name
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class AttributePolicy:
+    """How an attribute's values are bounded; see :func:`bounded`, :func:`hashed`, :func:`drop`."""
+
+    kind: str
+    limit: int = 0
+
+
+def bounded(limit: int) -> AttributePolicy:
+    """Keep the first ``limit`` distinct values per metric; later ones fold into ``_OTHER``."""
+    if limit < 1:
+        raise ValueError(f"bounded({limit!r}): the limit must be at least 1")
+    return AttributePolicy("bounded", limit)
+
+
+def hashed(buckets: int) -> AttributePolicy:
+    """Map values stably into ``buckets`` values (``h0`` ... ``h{buckets-1}``): spread without identity."""
+    if buckets < 1:
+        raise ValueError(f"hashed({buckets!r}): at least one bucket")
+    return AttributePolicy("hashed", buckets)
+
+
+def drop() -> AttributePolicy:
+    """Remove the attribute from every metric (it never reaches an exporter)."""
+    return AttributePolicy("drop")
+
+
+def unbounded() -> AttributePolicy:
+    """No bound at all (the per-metric series limit still applies)."""
+    return AttributePolicy("unbounded")
+
+
 @dataclass
-class _Prepared:
+class Prepared:
+    """A validated, sanitised, folded attribute set, and its hashable key."""
+
     attributes: dict[str, str]
     folded: tuple[str, ...]
+    key: tuple[str, ...]
 
 
 class _RateLimitedLog:
@@ -77,13 +113,23 @@ class Policy:
         max_label_length: int,
         on_rejected: Callable[[str, str], None],
         on_folded: Callable[[str, str], None],
+        kept: Mapping[str, frozenset[str]] | None = None,
+        overrides: Mapping[str, AttributePolicy] | None = None,
+        normalizers: Mapping[str, Callable[[str], str]] | None = None,
     ) -> None:
-        """Build a policy; ``on_rejected(metric, reason)`` and ``on_folded(metric, key)`` count."""
+        """Build a policy; ``on_rejected(metric, reason)`` and ``on_folded(metric, key)`` count.
+
+        ``kept`` maps a metric to the attribute keys its detail profile keeps.
+        """
         self.strict = strict
+        self._kept = kept or {}
+        self._overrides = dict(overrides or {})
+        self._normalizers = dict(normalizers or {})
         self.max_label_length = max_label_length
         self._on_rejected = on_rejected
         self._on_folded = on_folded
-        self._caches: dict[str, dict[tuple[object, ...], _Prepared]] = {}
+        # metric name -> raw value tuple -> Prepared; facades read it directly on the hot path
+        self.cache: dict[str, dict[tuple[object, ...], Prepared]] = {}
         self._seen: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
         self._log = _RateLimitedLog()
@@ -157,35 +203,49 @@ class Policy:
 
     # Attribute sets.
     def attributes(self, metric: MetricDefinition, values: tuple[object, ...]) -> Attributes | None:
-        """Return the attribute set for ``values`` (in the metric's declared order), or None.
+        """Return the attribute set for ``values`` (in the metric's declared order), or None."""
+        prepared = self.prepare(metric, values)
+        return None if prepared is None else prepared.attributes
 
-        ``None`` values of attributes that are not required are left out.
+    def prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
+        """Validate and fold ``values`` (in the metric's declared order); None if rejected.
+
+        ``None`` values of attributes that are not required are left out, and so
+        are attributes the detail profile drops. Cached per distinct tuple: the
+        hot path is one dict lookup.
         """
-        cache = self._caches.get(metric.name)
-        if cache is None:
-            cache = self._caches.setdefault(metric.name, {})
+        prepared: Prepared | None
         try:
-            prepared = cache.get(values)
-        except TypeError:  # an unhashable value: prepare without caching
-            prepared, cacheable = self._prepare(metric, values), False
-        else:
-            cacheable = prepared is None
+            prepared = self.cache[metric.name][values]
+        except (KeyError, TypeError):
+            prepared = self._prepare_and_cache(metric, values)
             if prepared is None:
-                prepared = self._prepare(metric, values)
+                return None
+        if prepared.folded:
+            for key in prepared.folded:
+                self._on_folded(metric.name, key)
+        return prepared
+
+    def _prepare_and_cache(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
+        prepared = self._prepare(metric, values)
         if prepared is None:
-            return None
-        if cacheable:
+            return None  # rejections are not cached: each one is counted
+        cache = self.cache.setdefault(metric.name, {})
+        try:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[values] = prepared
-        for key in prepared.folded:
-            self._on_folded(metric.name, key)
-        return prepared.attributes
+        except TypeError:  # an unhashable value: prepared, not cached
+            pass
+        return prepared
 
-    def _prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> _Prepared | None:
+    def _prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
         attributes: dict[str, str] = {}
         folded: list[str] = []
+        kept = self._kept.get(metric.name)
         for use, raw in zip(metric.attributes, values, strict=True):
+            if kept is not None and use.key not in kept:
+                continue
             if raw is None:
                 if use.requirement_level == "required":
                     self.reject(metric.name, use.key, raw, "is required", "invalid_attribute")
@@ -199,11 +259,14 @@ class Policy:
                     metric.name, use.key, raw, "must be a string, bytes, int or enum", "invalid_attribute"
                 )
                 return None
-            kept = self._apply_policy(metric.name, definition, label, folded)
-            if kept is None:
+            normalise = self._normalizers.get(use.key)
+            if normalise is not None:
+                label = to_label(normalise(label), self.max_label_length)
+            kept_value = self._apply_policy(metric.name, definition, label, folded)
+            if kept_value is None:
                 return None
-            attributes[use.key] = kept
-        return _Prepared(attributes, tuple(folded))
+            attributes[use.key] = kept_value
+        return Prepared(attributes, tuple(folded), tuple(attributes.values()))
 
     def _apply_policy(
         self, metric: str, definition: AttributeDefinition, label: str, folded: list[str]
@@ -217,26 +280,39 @@ class Policy:
             allowed = ", ".join(definition.allowed_values)
             self.reject(metric, definition.key, label, f"must be one of {allowed}", "invalid_attribute")
             return None
-        if definition.policy == "bounded":
-            return self._bounded(metric, definition, label, folded)
+        override = self._overrides.get(definition.key)
+        kind = override.kind if override else definition.policy
+        limit = override.limit if override else definition.limit
+        if kind == "bounded":
+            return self._bounded(metric, definition.key, limit, label, folded)
+        if kind == "hashed":
+            return f"h{zlib.crc32(label.encode()) % limit}"
         return label
 
-    def _bounded(self, metric: str, definition: AttributeDefinition, label: str, folded: list[str]) -> str:
-        budget_key = (metric, definition.key)
+    def release(self, metric: str, key: str, value: str) -> None:
+        """Give ``value`` of ``key`` its place in ``metric``'s budget back."""
+        with self._lock:
+            seen = self._seen.get((metric, key))
+            if seen is not None and value in seen:
+                seen.discard(value)
+                self.cache.pop(metric, None)  # values folded before may fit now
+
+    def _bounded(self, metric: str, key: str, limit: int, label: str, folded: list[str]) -> str:
+        budget_key = (metric, key)
         with self._lock:
             seen = self._seen.setdefault(budget_key, set())
             if label in seen or label == OTHER:
                 return label
-            if len(seen) < definition.limit:
+            if len(seen) < limit:
                 seen.add(label)
                 return label
-        folded.append(definition.key)
+        folded.append(key)
         self._log.warning(
-            (metric, definition.key, "overflow"),
+            (metric, key, "overflow"),
             "meshmetrics_attribute_budget_exceeded",
             metric=metric,
-            attribute=definition.key,
-            limit=definition.limit,
+            attribute=key,
+            limit=limit,
             folded_into=OTHER,
         )
         return OTHER

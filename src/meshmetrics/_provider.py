@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from meshmetrics import _apps, _config, _http, _otlp, _prometheus, _runtime, semconv
 from meshmetrics._exposition import EndpointAuth
+from meshmetrics._policy import AttributePolicy
 from meshmetrics._profiles import kept_keys
 
 _logger = structlog.get_logger("meshmetrics")
@@ -35,7 +36,7 @@ _configure_lock = threading.Lock()
 _current: MetricsHandle | None = None
 
 
-def conventions_views(detail: str) -> list[View]:
+def conventions_views(detail: str, dropped: frozenset[str] = frozenset()) -> list[View]:
     """Views for every registry metric: attribute allow-list (per profile) and cardinality limit."""
     return [
         View(
@@ -43,7 +44,8 @@ def conventions_views(detail: str) -> list[View]:
             meter_name=_runtime.METER_NAME,
             attribute_keys=set(
                 kept_keys(definition.instrument, (u.key for u in definition.attributes), detail)
-            ),
+            )
+            - dropped,
             aggregation_cardinality_limit=definition.cardinality_limit,
         )
         for definition in semconv.METRICS.values()
@@ -89,6 +91,7 @@ class MetricsHandle:
         self._registry = registry
         self._prometheus = server
         self._views = tuple(views)
+        self.runtime: _runtime.Runtime | None = None
         self._push_reader = push_reader
         self._tracker = tracker
         self._lock = threading.Lock()
@@ -239,6 +242,10 @@ def configure(
     strict: bool | None = None,
     detail: str | None = None,
     max_label_length: int | None = None,
+    fast_path: bool | None = None,
+    series_ttl: float | None = None,
+    attribute_policies: Mapping[str, AttributePolicy] | None = None,
+    normalizers: Mapping[str, Callable[[str], str]] | None = None,
     readers: Sequence[MetricReader] = (),
     views: Sequence[View] = (),
     set_global: bool = True,
@@ -280,6 +287,10 @@ def configure(
         strict=strict,
         detail=detail,
         max_label_length=max_label_length,
+        fast_path=fast_path,
+        series_ttl=series_ttl,
+        attribute_policies=attribute_policies,
+        normalizers=normalizers,
     )
     with _configure_lock:
         if _current is not None:
@@ -292,7 +303,7 @@ def configure(
             _current = handle
             return handle
         handle = _build(settings, readers, views)
-        _runtime.state.current = _runtime.runtime_for(handle.meter_provider, settings)
+        _runtime.state.current = handle.runtime
         if set_global:
             _set_global(handle.meter_provider)
         if shutdown_on_exit:
@@ -355,7 +366,7 @@ def _build(
     provider = MeterProvider(
         metric_readers=readers,
         resource=resource,
-        views=[*conventions_views(settings.detail), *user_views],
+        views=[*conventions_views(settings.detail, settings.dropped()), *user_views],
         shutdown_on_exit=False,  # the handle registers its own, time-bounded
     )
     endpoint = None
@@ -385,7 +396,7 @@ def _build(
         detail=settings.detail,
         strict=settings.strict,
     )
-    return MetricsHandle(
+    handle = MetricsHandle(
         settings,
         provider,
         registry=registry,
@@ -394,6 +405,8 @@ def _build(
         tracker=tracker,
         views=user_views,
     )
+    handle.runtime = _runtime.runtime_for(provider, settings, readers, user_views)
+    return handle
 
 
 def _set_global(provider: ApiMeterProvider) -> None:
@@ -470,7 +483,7 @@ def _after_fork_in_child() -> None:
     except Exception as error:
         _logger.warning("meshmetrics_fork_reconfigure_failed", pid=os.getpid(), error=repr(error))
         return
-    _runtime.state.current = _runtime.runtime_for(new.meter_provider, new.settings)
+    _runtime.state.current = new.runtime
     atexit.register(new.shutdown)
     _current = new
     _logger.info("meshmetrics_reconfigured_after_fork", pid=os.getpid(), prometheus_url=new.prometheus_url)

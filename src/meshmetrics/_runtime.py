@@ -1,55 +1,133 @@
-"""The binding between facades and one MeterProvider: instruments, policy, self-telemetry."""
+"""The binding between facades and one MeterProvider: instruments, policy, self-telemetry.
+
+Each registry metric is recorded either in meshmetrics' own cells (the fast
+path, for providers meshmetrics built) or on a plain SDK instrument (providers
+passed in by the user, an instrument a user View targets, or exponential
+histograms asked for OTLP). Both take ``(value, key, attributes)``.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import threading
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.view import View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from meshmetrics import semconv
+from meshmetrics import _merge, semconv
+from meshmetrics._cells import Cells
 from meshmetrics._config import Settings
+from meshmetrics._definitions import MetricDefinition
 from meshmetrics._policy import Policy
+from meshmetrics._profiles import kept_keys
 from meshmetrics._version import __version__
-from meshmetrics._window import ImbalanceWindow
+from meshmetrics._window import ImbalanceWindow, SnapshotWindow
 
 METER_NAME = "meshmetrics"
 _OBSERVABLE = frozenset({semconv.METRIC_MESH_LB_LOAD_IMBALANCE})
 
 
+class _SdkInstrument:
+    """An SDK instrument behind the cells' signature: ``(value, key, attributes)``."""
+
+    __slots__ = ("_instrument",)
+
+    def __init__(self, instrument: Any) -> None:
+        self._instrument = instrument
+
+    def add(self, amount: float, _key: object, attributes: Mapping[str, Any]) -> None:
+        self._instrument.add(amount, attributes)
+
+    def set(self, value: float, _key: object, attributes: Mapping[str, Any]) -> None:
+        self._instrument.set(value, attributes)
+
+    def record(self, value: float, _key: object, attributes: Mapping[str, Any]) -> None:
+        self._instrument.record(value, attributes)
+
+
+def _targeted_by(view: View, name: str) -> bool:
+    pattern = view._instrument_name  # noqa: SLF001 - a View's selection criteria
+    meter = view._meter_name  # noqa: SLF001
+    if meter is not None and meter != METER_NAME:
+        return False
+    return pattern is None or fnmatch.fnmatch(name, pattern)
+
+
 class Runtime:
     """Everything a facade needs to record on one provider."""
 
-    def __init__(self, provider: MeterProvider, settings: Settings) -> None:
-        """Create every registry instrument on ``provider`` under the ``meshmetrics`` meter."""
+    def __init__(
+        self,
+        provider: MeterProvider,
+        settings: Settings,
+        readers: Sequence[MetricReader] | None = None,
+        user_views: Sequence[View] = (),
+    ) -> None:
+        """Create every registry metric, in cells when ``readers`` (of ``provider``) are given."""
         self.provider = provider
         self.settings = settings
         self.meter: Meter = provider.get_meter(METER_NAME, __version__)
-        self.imbalance = ImbalanceWindow()
-        self.instruments: dict[str, Any] = {
-            name: self._create(name) for name in semconv.METRICS if name not in _OBSERVABLE
-        }
-        definition = semconv.METRICS[semconv.METRIC_MESH_LB_LOAD_IMBALANCE]
-        self.meter.create_observable_gauge(
-            definition.name,
-            callbacks=[self._observe_imbalance],
-            unit=definition.unit,
-            description=definition.brief,
-        )
-        self._overflows = self.instruments[semconv.METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS]
-        self._rejected = self.instruments[semconv.METRIC_MESHMETRICS_MEASUREMENTS_REJECTED]
+        self.imbalance: ImbalanceWindow | None = None  # per-request window, SDK path only
+        self._snapshots = SnapshotWindow()
+        self.cells: dict[str, Cells] = {}
+        self.instruments: dict[str, Any] = {}
         self.policy = Policy(
             strict=settings.strict,
             max_label_length=settings.max_label_length,
             on_rejected=self._count_rejected,
             on_folded=self._count_folded,
+            kept={
+                name: frozenset(kept_keys(d.instrument, (u.key for u in d.attributes), settings.detail))
+                - settings.dropped()
+                for name, d in semconv.METRICS.items()
+            },
+            overrides=settings.attribute_policies,
+            normalizers=settings.normalizers,
         )
+        fast = readers is not None and settings.fast_path
+        for name, definition in semconv.METRICS.items():
+            if name in _OBSERVABLE:
+                continue
+            if fast and self._fast_path_allowed(definition, user_views):
+                self.cells[name] = self.instruments[name] = Cells(
+                    definition, on_series_removed=self._series_ended
+                )
+            else:
+                self.instruments[name] = _SdkInstrument(self._create(definition))
+        if semconv.METRIC_MESH_LB_REQUESTS not in self.cells:
+            self.imbalance = ImbalanceWindow()
+        imbalance = semconv.METRICS[semconv.METRIC_MESH_LB_LOAD_IMBALANCE]
+        self.meter.create_observable_gauge(
+            imbalance.name,
+            callbacks=[self._observe_imbalance],
+            unit=imbalance.unit,
+            description=imbalance.brief,
+        )
+        if fast and readers:
+            resource = getattr(getattr(provider, "_sdk_config", None), "resource", None) or Resource({})
+            scope = InstrumentationScope(METER_NAME, __version__)
+            for reader in readers:
+                _merge.attach(reader, self.cells.values, resource, scope, self._housekeeping)
+        self._overflows = self.instruments[semconv.METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS]
+        self._rejected = self.instruments[semconv.METRIC_MESHMETRICS_MEASUREMENTS_REJECTED]
 
-    def _create(self, name: str) -> Any:
-        definition = semconv.METRICS[name]
-        kind = definition.instrument
+    def _fast_path_allowed(self, definition: MetricDefinition, user_views: Sequence[View]) -> bool:
+        if any(_targeted_by(view, definition.name) for view in user_views):
+            return False  # a user View wants the SDK's aggregation for it: keep the SDK path
+        exponential = self.settings.otlp_endpoint and (
+            self.settings.otlp_histogram_aggregation == "base2_exponential_bucket_histogram"
+        )
+        return not (definition.instrument == "histogram" and exponential)
+
+    def _create(self, definition: MetricDefinition) -> Any:
+        name, kind = definition.name, definition.instrument
         if kind == "counter":
             return self.meter.create_counter(name, unit=definition.unit, description=definition.brief)
         if kind == "updowncounter":
@@ -63,18 +141,66 @@ class Runtime:
             )
         return self.meter.create_gauge(name, unit=definition.unit, description=definition.brief)
 
+    def _housekeeping(self) -> None:
+        ttl = self.settings.series_ttl_s
+        if ttl > 0:
+            now = time.monotonic()
+            for cells in self.cells.values():
+                cells.expire(ttl, now)
+
+    def _series_ended(self, metric: str, attributes: Mapping[str, Any]) -> None:
+        """Give bounded values that no live series of ``metric`` uses their budget place back."""
+        cells = self.cells[metric]
+        for key, value in attributes.items():
+            definition = semconv.ATTRIBUTES.get(key)
+            if definition is None or definition.policy != "bounded":
+                continue
+            with cells.lock:
+                in_use = any(meta.attributes.get(key) == value for meta in cells.meta.values())
+            if not in_use:
+                self.policy.release(metric, key, value)
+
+    def remove_series(self, metrics: Iterable[str], attributes: Mapping[str, str]) -> int:
+        """Stop exporting the series of ``metrics`` whose attributes include ``attributes``."""
+        removed = 0
+        for name in metrics:
+            cells = self.cells.get(name)
+            if cells is not None:
+                removed += cells.remove(lambda attrs: all(attrs.get(k) == v for k, v in attributes.items()))
+        return removed
+
     def _count_rejected(self, metric: str, reason: str) -> None:
         self._rejected.add(
-            1, {semconv.ATTR_MESHMETRICS_METRIC: metric, semconv.ATTR_MESHMETRICS_REASON: reason}
+            1,
+            (metric, reason),
+            {semconv.ATTR_MESHMETRICS_METRIC: metric, semconv.ATTR_MESHMETRICS_REASON: reason},
         )
 
     def _count_folded(self, metric: str, key: str) -> None:
         self._overflows.add(
-            1, {semconv.ATTR_MESHMETRICS_METRIC: metric, semconv.ATTR_MESHMETRICS_ATTRIBUTE: key}
+            1,
+            (metric, key),
+            {semconv.ATTR_MESHMETRICS_METRIC: metric, semconv.ATTR_MESHMETRICS_ATTRIBUTE: key},
         )
 
+    def _request_counts(self) -> dict[tuple[str, str, str], float]:
+        cells = self.cells[semconv.METRIC_MESH_LB_REQUESTS]
+        keys = (semconv.ATTR_MESH_SERVICE, semconv.ATTR_MESH_LB_STRATEGY, semconv.ATTR_MESH_INSTANCE)
+        counts: dict[tuple[str, str, str], float] = {}
+        with cells.lock:
+            for key, value in cells.values.items():
+                attributes = cells.meta[key].attributes
+                if all(k in attributes for k in keys):
+                    counts[(attributes[keys[0]], attributes[keys[1]], attributes[keys[2]])] = value
+        return counts
+
     def _observe_imbalance(self, _options: CallbackOptions) -> Iterable[Observation]:
-        for (service, strategy), ratio in self.imbalance.imbalance().items():
+        ratios = (
+            self.imbalance.imbalance()
+            if self.imbalance is not None
+            else self._snapshots.imbalance(self._request_counts())
+        )
+        for (service, strategy), ratio in ratios.items():
             yield Observation(
                 ratio, {semconv.ATTR_MESH_SERVICE: service, semconv.ATTR_MESH_LB_STRATEGY: strategy}
             )
@@ -98,11 +224,16 @@ def reset_after_fork() -> None:
     _by_provider.clear()
 
 
-def runtime_for(provider: MeterProvider, settings: Settings | None = None) -> Runtime:
+def runtime_for(
+    provider: MeterProvider,
+    settings: Settings | None = None,
+    readers: Sequence[MetricReader] | None = None,
+    user_views: Sequence[View] = (),
+) -> Runtime:
     """Return the one runtime bound to ``provider``, creating it on first use."""
     with _lock:
         runtime = _by_provider.get(provider)
         if runtime is None:
-            runtime = Runtime(provider, settings or Settings())
+            runtime = Runtime(provider, settings or Settings(), readers, user_views)
             _by_provider[provider] = runtime
         return runtime

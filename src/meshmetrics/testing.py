@@ -134,7 +134,9 @@ def _resolve_key(metric: str, short: str) -> str:
 
 
 @contextmanager
-def capture(*, strict: bool = True, detail: str = "full") -> Iterator[CapturedMetrics]:
+def capture(
+    *, strict: bool = True, detail: str = "full", fast_path: bool = True, series_ttl: float = 0.0
+) -> Iterator[CapturedMetrics]:
     """Send every facade measurement inside the block to an in-memory reader.
 
     Facades created without an explicit ``meter_provider`` record here for the
@@ -143,9 +145,15 @@ def capture(*, strict: bool = True, detail: str = "full") -> Iterator[CapturedMe
     """
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader], views=conventions_views(detail), shutdown_on_exit=False)
-    settings = _config.Settings(prometheus_enabled=False, strict=strict, detail=detail)  # type: ignore[arg-type]
+    settings = _config.Settings(
+        prometheus_enabled=False,
+        strict=strict,
+        detail=detail,  # type: ignore[arg-type]
+        fast_path=fast_path,
+        series_ttl_s=series_ttl,
+    )
     previous = _runtime.state.current
-    _runtime.state.current = _runtime.Runtime(provider, settings)
+    _runtime.state.current = _runtime.Runtime(provider, settings, readers=[reader])
     try:
         yield CapturedMetrics(reader)
     finally:
