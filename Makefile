@@ -41,8 +41,10 @@ test-e2e: install
 demo: install  ## a simulated mesh on http://localhost:9464/metrics (Ctrl-C to stop)
 	$(PY) -m meshmetrics demo $(DEMO_ARGS)
 
-bench: install  ## benchmarks (not part of `make test`)
+bench: install  ## benchmarks (not part of `make test`); results in benchmarks/results/
 	$(PY) benchmarks/bench_hot_path.py
+	$(PY) benchmarks/bench_cardinality.py
+	$(PY) benchmarks/bench_outage.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -32,4 +32,6 @@ def machine() -> str:
     """One line describing where the numbers came from."""
     import os  # noqa: PLC0415
 
-    return f"Python {sys.version.split()[0]} on {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
+    return (
+        f"Python {sys.version.split()[0]} on {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
+    )

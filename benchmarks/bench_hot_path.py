@@ -61,15 +61,21 @@ def threaded_ns(function, threads: int, calls: int) -> float:
 
 def scrape_ns(series: int, repeats: int) -> tuple[float, float]:
     """One scrape of ``series`` counter series: meshmetrics (fast path) vs prometheus_client alone."""
-    with meshmetrics.configure(prometheus_server=False, set_global=False, environ={}, attribute_policies={
-        "mesh.instance": meshmetrics.unbounded()}) as handle:
+    with meshmetrics.configure(
+        prometheus_server=False,
+        set_global=False,
+        environ={},
+        attribute_policies={"mesh.instance": meshmetrics.unbounded()},
+    ) as handle:
         lb = LoadBalancerMetrics()
         for i in range(series):
             lb.record_request("api", f"i-{i}", "round_robin")
         registry = handle._registry
         ours = min(_time(lambda: generate_latest(registry)) for _ in range(repeats))
     plain = CollectorRegistry()
-    counter = PromCounter("mesh_lb_requests", "x", ["mesh_service", "mesh_instance", "mesh_lb_strategy"], registry=plain)
+    counter = PromCounter(
+        "mesh_lb_requests", "x", ["mesh_service", "mesh_instance", "mesh_lb_strategy"], registry=plain
+    )
     for i in range(series):
         counter.labels("api", f"i-{i}", "round_robin").inc()
     theirs = min(_time(lambda: generate_latest(plain)) for _ in range(repeats))
@@ -91,7 +97,11 @@ def main() -> None:
 
     # before configure(): the no-op path
     idle = LoadBalancerMetrics()
-    noop = measure({"no-op (before configure)": lambda: idle.record_request("api", "api-1", "round_robin")}, calls, repeats)
+    noop = measure(
+        {"no-op (before configure)": lambda: idle.record_request("api", "api-1", "round_robin")},
+        calls,
+        repeats,
+    )
 
     counter, histogram, provider = raw_sdk()
     registry = CollectorRegistry()
@@ -101,15 +111,23 @@ def main() -> None:
 
     rows: dict[str, float] = {}
     with meshmetrics.configure(
-        prometheus_server=False, otlp_endpoint="http://127.0.0.1:9", export_interval=3600, set_global=False, environ={}
+        prometheus_server=False,
+        otlp_endpoint="http://127.0.0.1:9",
+        export_interval=3600,
+        set_global=False,
+        environ={},
     ):
         lb, retry, mesh = LoadBalancerMetrics(), RetryMetrics(), ServiceMeshMetrics()
         cases = {
             "raw SDK counter.add (2 readers)": lambda: counter.add(1, ATTRS),
             "raw SDK histogram.record (2 readers)": lambda: histogram.record(0.15, ATTRS),
-            "prometheus_client labels(a, b, c).inc()": lambda: prom_counter.labels("api", "api-1", "round_robin").inc(),
+            "prometheus_client labels(a, b, c).inc()": lambda: prom_counter.labels(
+                "api", "api-1", "round_robin"
+            ).inc(),
             "prometheus_client pre-bound child.inc()": child.inc,
-            "prometheus_client labels(a, b).observe()": lambda: prom_histogram.labels("api", "api-1").observe(0.15),
+            "prometheus_client labels(a, b).observe()": lambda: prom_histogram.labels("api", "api-1").observe(
+                0.15
+            ),
             "record_request": lambda: lb.record_request("api", "api-1", "round_robin"),
             "record_attempt": lambda: retry.record_attempt("api", "get_user", 1),
             "record_error (lb)": lambda: lb.record_error("api", "api-1", "timeout"),
@@ -128,14 +146,28 @@ def main() -> None:
             lambda: lb.observe_request_duration("api", "api-1", 0.15), 8, calls // 4
         )
     with meshmetrics.configure(
-        prometheus_server=False, otlp_endpoint="http://127.0.0.1:9", export_interval=3600, fast_path=False,
-        set_global=False, environ={},
+        prometheus_server=False,
+        otlp_endpoint="http://127.0.0.1:9",
+        export_interval=3600,
+        fast_path=False,
+        set_global=False,
+        environ={},
     ):
         lb_sdk = LoadBalancerMetrics()
-        rows.update(measure({
-            "record_request (SDK path, fast_path=False)": lambda: lb_sdk.record_request("api", "api-1", "round_robin"),
-            "observe_request_duration (SDK path)": lambda: lb_sdk.observe_request_duration("api", "api-1", 0.15),
-        }, calls, repeats))
+        rows.update(
+            measure(
+                {
+                    "record_request (SDK path, fast_path=False)": lambda: lb_sdk.record_request(
+                        "api", "api-1", "round_robin"
+                    ),
+                    "observe_request_duration (SDK path)": lambda: lb_sdk.observe_request_duration(
+                        "api", "api-1", 0.15
+                    ),
+                },
+                calls,
+                repeats,
+            )
+        )
     provider.shutdown()
     rows.update(noop)
     series = 10_000
@@ -144,9 +176,15 @@ def main() -> None:
     raw_counter = rows["raw SDK counter.add (2 readers)"]
     raw_histogram = rows["raw SDK histogram.record (2 readers)"]
     prom_labels = rows["prometheus_client labels(a, b, c).inc()"]
-    histogram_cases = {"observe_request_duration", "record_call_success", "record_delay", "observe_request_duration (SDK path)",
-                       "observe_request_duration, 8 threads (per call)", "prometheus_client labels(a, b).observe()",
-                       "raw SDK histogram.record (2 readers)"}
+    histogram_cases = {
+        "observe_request_duration",
+        "record_call_success",
+        "record_delay",
+        "observe_request_duration (SDK path)",
+        "observe_request_duration, 8 threads (per call)",
+        "prometheus_client labels(a, b).observe()",
+        "raw SDK histogram.record (2 readers)",
+    }
     lines = [
         "# Hot path: facade calls vs the raw OpenTelemetry SDK and prometheus_client",
         "",

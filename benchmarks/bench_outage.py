@@ -33,9 +33,20 @@ def start_rotel(port: int, workdir: str) -> subprocess.Popen[bytes]:
 
     binary = Path(rotel.__file__).parent / "rotel-agent"
     process = subprocess.Popen(
-        [str(binary), "start", "--exporter", "blackhole", "--otlp-grpc-endpoint", f"127.0.0.1:{port}",
-         "--otlp-http-endpoint", f"127.0.0.1:{free_port()}", "--pid-file", f"{workdir}/rotel.pid"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(binary),
+            "start",
+            "--exporter",
+            "blackhole",
+            "--otlp-grpc-endpoint",
+            f"127.0.0.1:{port}",
+            "--otlp-http-endpoint",
+            f"127.0.0.1:{free_port()}",
+            "--pid-file",
+            f"{workdir}/rotel.pid",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(1.0)
     return process
@@ -46,8 +57,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         rotel = start_rotel(port, workdir)
         handle = meshmetrics.configure(
-            prometheus=False, otlp_endpoint=f"http://127.0.0.1:{port}", export_interval=0.2,
-            export_timeout=1, set_global=False, environ={"OTEL_EXPORTER_OTLP_TIMEOUT": "500"},
+            prometheus=False,
+            otlp_endpoint=f"http://127.0.0.1:{port}",
+            export_interval=0.2,
+            export_timeout=1,
+            set_global=False,
+            environ={"OTEL_EXPORTER_OTLP_TIMEOUT": "500"},
         )
         lb = LoadBalancerMetrics()
         case = {"record_request": lambda: lb.record_request("api", "api-1", "round_robin")}

@@ -2,14 +2,16 @@
 
 The facades know their attribute sets are small closed tuples, so the work the
 SDK does per measurement (copying, filtering and hashing an attribute dict, once
-per reader) is done here once per distinct tuple (by the policy cache), and a
-measurement is one locked dict update. At collection the cells become the SDK's
-own public data types (``opentelemetry.sdk.metrics.export``) and are merged into
-every reader's export (see ``_merge``), honouring each reader's temporality.
+per reader) is done once per distinct tuple (by the policy cache), and a
+measurement is one dict update in the calling thread's own shard, under a lock
+only the collector ever contends for. (A single shared lock convoys under the
+GIL: measured 15x slower per call with 8 threads.) At collection the shards are
+merged and become the SDK's public data types, merged into every reader's
+export (see ``_merge``) with each reader's temporality.
 
 Series can end: :meth:`Cells.remove` drops series at once (a deregistered
 instance), and series idle longer than ``series_ttl`` stop being exported and
-resume at their cumulative value if used again (bounded by ``DORMANT_LIMIT``).
+resume at their cumulative value if used again (up to ``DORMANT_LIMIT`` of them).
 """
 
 from __future__ import annotations
@@ -40,8 +42,30 @@ OVERFLOW_KEY: Key = ("otel.metric.overflow",)
 OVERFLOW_ATTRIBUTES: Mapping[str, Any] = {"otel.metric.overflow": True}
 DORMANT_LIMIT = 10_000
 _DELTA = AggregationTemporality.DELTA
-_BUCKETS = 6  # index of the first bucket count in a histogram cell
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
+# A histogram cell: count, sum, lifetime min, max, min and max since the last
+# delta export, then one count per bucket.
+_COUNT, _SUM, _MIN, _MAX, _IMIN, _IMAX, _BUCKETS = range(7)
+
+
+def _new_histogram(buckets: int) -> list[Any]:
+    return [0, 0.0, math.inf, -math.inf, math.inf, -math.inf] + [0] * buckets
+
+
+def _merge_value(kind: str, into: Any, value: Any) -> Any:
+    if into is None:
+        return list(value) if isinstance(value, list) else value
+    if kind != "histogram":
+        return into + value
+    into[_COUNT] += value[_COUNT]
+    into[_SUM] += value[_SUM]
+    into[_MIN] = min(into[_MIN], value[_MIN])
+    into[_MAX] = max(into[_MAX], value[_MAX])
+    into[_IMIN] = min(into[_IMIN], value[_IMIN])
+    into[_IMAX] = max(into[_IMAX], value[_IMAX])
+    for index in range(_BUCKETS, len(into)):
+        into[index] += value[index]
+    return into
 
 
 @dataclass
@@ -49,7 +73,18 @@ class _Meta:
     attributes: Mapping[str, Any]
     start_ns: int
     last_change_s: float
-    last_seen: Any = None  # the value at the last idleness check
+    last_seen: Any = None  # the merged value at the last idleness check
+
+
+class _Shard:
+    """One thread's values; its lock is contended only by the collector."""
+
+    __slots__ = ("lock", "thread", "values")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[Key, Any] = {}
+        self.thread = threading.current_thread()
 
 
 @dataclass
@@ -61,7 +96,11 @@ class ReaderState:
 
 
 class Cells:
-    """The series of one metric: value per attribute tuple, behind one lock."""
+    """The series of one metric.
+
+    Counters, up-down counters and histograms accumulate in per-thread shards;
+    gauges (last value wins across threads) live in ``base`` under ``lock``.
+    """
 
     def __init__(
         self,
@@ -75,77 +114,143 @@ class Cells:
         self.kind = definition.instrument
         self.limit = definition.cardinality_limit
         self.bounds = tuple(definition.buckets)
-        self.lock = threading.Lock()
-        self.values: dict[Key, Any] = {}
+        self.lock = threading.Lock()  # meta, base, dormant and the shard list
         self.meta: dict[Key, _Meta] = {}
+        self.base: dict[Key, Any] = {}  # gauges, and what dead threads' shards held
         self.dormant: OrderedDict[Key, tuple[Any, _Meta]] = OrderedDict()
+        self._shards: list[_Shard] = []
+        self._local = threading.local()
         self._on_series_removed = on_series_removed
 
-    def _create(self, key: Key, attributes: Mapping[str, Any], initial: Any) -> Key:
-        """Must hold the lock. Returns the key used (the overflow key past the limit)."""
+    def _shard(self) -> _Shard:
+        shard = _Shard()
+        with self.lock:
+            self._shards.append(shard)
+        self._local.shard = shard
+        return shard
+
+    def _resolve(self, key: Key, attributes: Mapping[str, Any]) -> tuple[Key, Any]:
+        """Must hold ``self.lock``: the series key to use, and a dormant value to resume from."""
+        if key in self.meta:
+            return key, None
         if key in self.dormant:  # a series used again resumes where it stopped
             value, meta = self.dormant.pop(key)
-            self.values[key], self.meta[key] = value, meta
-            return key
-        if len(self.values) >= self.limit:
+            self.meta[key] = meta
+            return key, value
+        if len(self.meta) >= self.limit:
             key, attributes = OVERFLOW_KEY, OVERFLOW_ATTRIBUTES
-            if key in self.values:
-                return key
-        self.values[key] = initial
+            if key in self.meta:
+                return key, None
         self.meta[key] = _Meta(attributes, time.time_ns(), time.monotonic())
-        return key
+        return key, None
 
-    # The hot path: one lock, one dict lookup.
+    # The hot path: the calling thread's shard, one dict lookup.
     def add(self, amount: float, key: Key, attributes: Mapping[str, Any]) -> None:
         """Counter / up-down counter: add ``amount``."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        with shard.lock:
+            value = shard.values.get(key)
+            if value is not None:
+                shard.values[key] = value + amount
+                return
         with self.lock:
-            value = self.values.get(key)
-            if value is None:
-                key = self._create(key, attributes, 0)
-                value = self.values[key]
-            self.values[key] = value + amount
+            key, resumed = self._resolve(key, attributes)
+        with shard.lock:
+            shard.values[key] = shard.values.get(key, 0) + (resumed or 0) + amount
 
     def set(self, value: float, key: Key, attributes: Mapping[str, Any]) -> None:
         """Gauge: set the current value."""
         with self.lock:
-            if key not in self.values:
-                key = self._create(key, attributes, value)
-            self.values[key] = value
+            if key not in self.meta:
+                key, _ = self._resolve(key, attributes)
+            self.base[key] = value
 
     def record(self, value: float, key: Key, attributes: Mapping[str, Any]) -> None:
         """Histogram: count ``value`` in its bucket; track count, sum, min, max."""
-        index = bisect_left(self.bounds, value)
+        index = _BUCKETS + bisect_left(self.bounds, value)
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        with shard.lock:
+            cell = shard.values.get(key)
+            if cell is not None:
+                cell[_COUNT] += 1
+                cell[_SUM] += value
+                if value < cell[_MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
+                    cell[_MIN] = value
+                if value > cell[_MAX]:  # noqa: PLR1730
+                    cell[_MAX] = value
+                if value < cell[_IMIN]:  # noqa: PLR1730
+                    cell[_IMIN] = value
+                if value > cell[_IMAX]:  # noqa: PLR1730
+                    cell[_IMAX] = value
+                cell[index] += 1
+                return
         with self.lock:
-            cell = self.values.get(key)
+            key, resumed = self._resolve(key, attributes)
+        with shard.lock:
+            cell = shard.values.get(key)
             if cell is None:
-                key = self._create(key, attributes, None)
-                cell = self.values[key]
-                if cell is None:
-                    cell = self.values[key] = [0, 0.0, math.inf, -math.inf, math.inf, -math.inf] + [0] * (
-                        len(self.bounds) + 1
-                    )
-            # count, sum, lifetime min/max, min/max since the last delta export, buckets
-            cell[0] += 1
-            cell[1] += value
-            if value < cell[2]:  # noqa: PLR1730 - a comparison is cheaper than min() here
-                cell[2] = value
-            if value > cell[3]:  # noqa: PLR1730
-                cell[3] = value
-            if value < cell[4]:  # noqa: PLR1730
-                cell[4] = value
-            if value > cell[5]:  # noqa: PLR1730
-                cell[5] = value
-            cell[_BUCKETS + index] += 1
+                cell = shard.values[key] = resumed or _new_histogram(len(self.bounds) + 1)
+            _merge_value(
+                "histogram", cell, [1, value, value, value, value, value] + [0] * (len(cell) - _BUCKETS)
+            )
+            cell[index] += 1
+
+    # Reading.
+    def snapshot(self) -> dict[Key, Any]:
+        """Every live series' merged value (dead threads' shards are folded into ``base``)."""
+        with self.lock:
+            merged = {key: _merge_value(self.kind, None, value) for key, value in self.base.items()}
+            alive = []
+            for shard in self._shards:
+                with shard.lock:
+                    copied = {k: (list(v) if isinstance(v, list) else v) for k, v in shard.values.items()}
+                    if not shard.thread.is_alive():
+                        shard.values.clear()
+                if shard.thread.is_alive():
+                    alive.append(shard)
+                else:
+                    for key, value in copied.items():
+                        self.base[key] = _merge_value(self.kind, self.base.get(key), value)
+                for key, value in copied.items():
+                    merged[key] = _merge_value(self.kind, merged.get(key), value)
+            self._shards = alive
+            return {key: value for key, value in merged.items() if key in self.meta}
+
+    def attributes_of(self, key: Key) -> Mapping[str, Any] | None:
+        """The attributes of a live series."""
+        meta = self.meta.get(key)
+        return None if meta is None else meta.attributes
 
     # Series that end.
+    def _drop(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """Must hold ``self.lock``: remove ``keys`` everywhere, returning their merged values."""
+        dropped: dict[Key, Any] = {}
+        keys = set(keys)
+        for key in keys:
+            if key in self.base:
+                dropped[key] = _merge_value(self.kind, None, self.base.pop(key))
+        for shard in self._shards:
+            with shard.lock:
+                for key in keys:
+                    value = shard.values.pop(key, None)
+                    if value is not None:
+                        dropped[key] = _merge_value(self.kind, dropped.get(key), value)
+        return dropped
+
     def remove(self, matches: Callable[[Mapping[str, Any]], bool]) -> int:
         """Drop every series whose attributes match, at once; returns how many."""
-        removed = []
         with self.lock:
-            for key, meta in list(self.meta.items()):
-                if key != OVERFLOW_KEY and matches(meta.attributes):
-                    del self.values[key], self.meta[key]
-                    removed.append(meta.attributes)
+            keys = [
+                key for key, meta in self.meta.items() if key != OVERFLOW_KEY and matches(meta.attributes)
+            ]
+            removed = [self.meta.pop(key).attributes for key in keys]
+            self._drop(keys)
             for key, (_, meta) in list(self.dormant.items()):
                 if matches(meta.attributes):
                     del self.dormant[key]
@@ -155,32 +260,33 @@ class Cells:
 
     def expire(self, ttl_s: float, now_s: float) -> None:
         """Put series unchanged for ``ttl_s`` to sleep: not exported, resumed if used again."""
+        values = self.snapshot()
         expired = []
         with self.lock:
-            for key, meta in list(self.meta.items()):
-                value = self.values[key]
-                snapshot = list(value) if isinstance(value, list) else value
-                if snapshot != meta.last_seen:
-                    meta.last_seen, meta.last_change_s = snapshot, now_s
+            idle = []
+            for key, value in values.items():
+                meta = self.meta[key]
+                if value != meta.last_seen:
+                    meta.last_seen, meta.last_change_s = value, now_s
                 elif now_s - meta.last_change_s >= ttl_s:
-                    del self.values[key], self.meta[key]
-                    if self.kind in ("counter", "histogram", "updowncounter"):
-                        self.dormant[key] = (value, meta)  # cumulative state survives the pause
-                        while len(self.dormant) > DORMANT_LIMIT:
-                            self.dormant.popitem(last=False)
-                    expired.append(meta.attributes)
+                    idle.append(key)
+            dropped = self._drop(idle)
+            for key in idle:
+                meta = self.meta.pop(key)
+                expired.append(meta.attributes)
+                if self.kind != "gauge":  # cumulative state survives the pause
+                    self.dormant[key] = (dropped.get(key), meta)
+                    while len(self.dormant) > DORMANT_LIMIT:
+                        self.dormant.popitem(last=False)
         for attributes in expired:
             self._on_series_removed(self.name, attributes)
 
     # Collection.
     def export(self, reader: ReaderState, temporality: AggregationTemporality, now_ns: int) -> Metric | None:
         """The metric as the reader should see it now, or None if it has no points."""
+        values = self.snapshot()
         with self.lock:
-            items: list[tuple[Key, Any, _Meta]] = [
-                (key, list(value) if isinstance(value, list) else value, self.meta[key])
-                for key, value in self.values.items()
-                if value is not None
-            ]
+            items = [(key, value, self.meta[key]) for key, value in values.items() if key in self.meta]
         if self.kind == "gauge":
             points: list[Any] = [
                 NumberDataPoint(meta.attributes, meta.start_ns, now_ns, v) for _, v, meta in items
@@ -210,15 +316,17 @@ class Cells:
             previous = reader.sent.get((self.name, key), 0)
             reader.sent[(self.name, key)] = value
             if value != previous:  # idle series send nothing under delta, as on the SDK path
-                yield NumberDataPoint(
-                    meta.attributes, max(reader.last_collect_ns, meta.start_ns), now_ns, value - previous
-                )
+                start = max(reader.last_collect_ns, meta.start_ns)
+                yield NumberDataPoint(meta.attributes, start, now_ns, value - previous)
 
-    def _reset_interval(self, key: Key) -> None:
+    def _reset_interval_extremes(self) -> None:
         with self.lock:
-            live = self.values.get(key)
-            if live is not None:
-                live[4], live[5] = math.inf, -math.inf
+            for shard in self._shards:
+                with shard.lock:
+                    for cell in shard.values.values():
+                        cell[_IMIN], cell[_IMAX] = math.inf, -math.inf
+            for cell in self.base.values():
+                cell[_IMIN], cell[_IMAX] = math.inf, -math.inf
 
     def _histogram_points(
         self,
@@ -227,21 +335,22 @@ class Cells:
         temporality: AggregationTemporality,
         now_ns: int,
     ) -> Iterable[HistogramDataPoint]:
+        if temporality is _DELTA:
+            # extremes since the previous delta export (shared if several delta readers)
+            self._reset_interval_extremes()
         for key, cell, meta in items:
-            count, total, low, high = cell[0], cell[1], cell[2], cell[3]
+            count, total, low, high = cell[_COUNT], cell[_SUM], cell[_MIN], cell[_MAX]
             buckets = cell[_BUCKETS:]
             start = meta.start_ns
             if temporality is _DELTA:
                 previous = reader.sent.get((self.name, key))
                 reader.sent[(self.name, key)] = cell
-                self._reset_interval(key)
                 if previous is not None:
-                    if previous[0] == count:
+                    if previous[_COUNT] == count:
                         continue
-                    count, total = count - previous[0], total - previous[1]
+                    count, total = count - previous[_COUNT], total - previous[_SUM]
                     buckets = [now - before for now, before in zip(buckets, previous[_BUCKETS:], strict=True)]
-                # extremes since the previous delta export (shared if several delta readers)
-                low, high = cell[4], cell[5]
+                low, high = cell[_IMIN], cell[_IMAX]
                 start = max(reader.last_collect_ns, meta.start_ns)
             yield HistogramDataPoint(
                 attributes=meta.attributes,

@@ -51,6 +51,8 @@ def count(policy: Policy, metric: str, field: str, value: object) -> int | None:
 
 def error_type(error: object) -> str | None:
     """``error.type`` for an error, or None when there is no error."""
+    if type(error) is str and error:  # already a class name or status: skip the classifier
+        return error
     return None if error is None else classify_error(error)
 
 

@@ -17,6 +17,7 @@ _DURATION = _M[semconv.METRIC_MESH_RETRY_DURATION]
 _ERRORS = _M[semconv.METRIC_MESH_RETRY_ERRORS]
 _EXHAUSTED = _M[semconv.METRIC_MESH_RETRY_EXHAUSTED]
 _MAX_ATTEMPT_LABEL = 10
+_ATTEMPT_LABELS = {n: str(n) for n in range(1, _MAX_ATTEMPT_LABEL + 1)}
 
 
 def retry_outcome(succeeded: bool, attempts: int) -> str:
@@ -44,13 +45,15 @@ class RetryMetrics(_facade.Facade):
 
     def record_attempt(self, service: str, operation: str, attempt: int) -> None:
         """Count attempt number ``attempt`` (1 = first try) of a call; above 10 becomes ``_OTHER``."""
-        runtime = self._runtime()
-        if runtime is None:
-            return
-        checked = runtime.policy.count(_ATTEMPTS.name, "attempt", attempt, minimum=1)
-        if checked is None:
-            return
-        label = str(checked) if checked <= _MAX_ATTEMPT_LABEL else "_OTHER"
+        label = _ATTEMPT_LABELS.get(attempt) if type(attempt) is int else None  # the common case, no call
+        if label is None:
+            runtime = self._runtime()
+            if runtime is None:
+                return
+            checked = runtime.policy.count(_ATTEMPTS.name, "attempt", attempt, minimum=1)
+            if checked is None:
+                return
+            label = "_OTHER"  # a valid attempt above the last labelled ordinal
         self._add(_ATTEMPTS, 1, (service, operation, label))
 
     def record_error(self, service: str, operation: str, error: object) -> None:

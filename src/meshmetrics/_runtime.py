@@ -187,11 +187,10 @@ class Runtime:
         cells = self.cells[semconv.METRIC_MESH_LB_REQUESTS]
         keys = (semconv.ATTR_MESH_SERVICE, semconv.ATTR_MESH_LB_STRATEGY, semconv.ATTR_MESH_INSTANCE)
         counts: dict[tuple[str, str, str], float] = {}
-        with cells.lock:
-            for key, value in cells.values.items():
-                attributes = cells.meta[key].attributes
-                if all(k in attributes for k in keys):
-                    counts[(attributes[keys[0]], attributes[keys[1]], attributes[keys[2]])] = value
+        for key, value in cells.snapshot().items():
+            attributes = cells.attributes_of(key)
+            if attributes is not None and all(k in attributes for k in keys):
+                counts[(attributes[keys[0]], attributes[keys[1]], attributes[keys[2]])] = value
         return counts
 
     def _observe_imbalance(self, _options: CallbackOptions) -> Iterable[Observation]:

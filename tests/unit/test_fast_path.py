@@ -21,7 +21,12 @@ CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 
 def workload(round_: int) -> None:
-    lb, retry, mesh, breakers = LoadBalancerMetrics(), RetryMetrics(), ServiceMeshMetrics(), CircuitBreakerMetrics()
+    lb, retry, mesh, breakers = (
+        LoadBalancerMetrics(),
+        RetryMetrics(),
+        ServiceMeshMetrics(),
+        CircuitBreakerMetrics(),
+    )
     for i in range(50 + round_):
         instance = f"api-{i % 3}"
         lb.record_request("api", instance, "round_robin")
@@ -61,13 +66,25 @@ def snapshot(reader: MetricReader) -> dict:
     return result
 
 
-def run(fast_path: bool, temporality: AggregationTemporality, detail: str = "standard", views=()) -> list[dict]:
+def run(
+    fast_path: bool, temporality: AggregationTemporality, detail: str = "standard", views=()
+) -> list[dict]:
     reader = InMemoryMetricReader(
-        preferred_temporality={Counter: temporality, Histogram: temporality, ObservableCounter: temporality, UpDownCounter: CUMULATIVE}
+        preferred_temporality={
+            Counter: temporality,
+            Histogram: temporality,
+            ObservableCounter: temporality,
+            UpDownCounter: CUMULATIVE,
+        }
     )
     handle = meshmetrics.configure(
-        readers=[reader], prometheus=False, fast_path=fast_path, detail=detail, views=list(views),
-        set_global=False, environ={},
+        readers=[reader],
+        prometheus=False,
+        fast_path=fast_path,
+        detail=detail,
+        views=list(views),
+        set_global=False,
+        environ={},
     )
     try:
         collections = []
@@ -86,8 +103,14 @@ def test_fast_path_equals_sdk_path(temporality, detail):
     plain = run(False, temporality, detail)
     assert fast == plain
     names = set(fast[0])
-    assert {"mesh.lb.requests", "mesh.lb.request.duration", "mesh.lb.endpoints", "mesh.health.status",
-            "mesh.lb.connections.active", "meshmetrics.measurements.rejected"} <= names
+    assert {
+        "mesh.lb.requests",
+        "mesh.lb.request.duration",
+        "mesh.lb.endpoints",
+        "mesh.health.status",
+        "mesh.lb.connections.active",
+        "meshmetrics.measurements.rejected",
+    } <= names
 
 
 def test_fast_path_is_really_used():
@@ -98,9 +121,13 @@ def test_fast_path_is_really_used():
 
 
 def test_a_user_view_on_an_instrument_keeps_the_sdk_path_for_it():
-    view = View(instrument_name="mesh.lb.request.duration", aggregation=ExplicitBucketHistogramAggregation([0.5, 1.0]))
+    view = View(
+        instrument_name="mesh.lb.request.duration", aggregation=ExplicitBucketHistogramAggregation([0.5, 1.0])
+    )
     reader = InMemoryMetricReader()
-    with meshmetrics.configure(readers=[reader], prometheus=False, views=[view], set_global=False, environ={}) as handle:
+    with meshmetrics.configure(
+        readers=[reader], prometheus=False, views=[view], set_global=False, environ={}
+    ) as handle:
         assert "mesh.lb.request.duration" not in handle.runtime.cells
         assert "mesh.lb.requests" in handle.runtime.cells
         LoadBalancerMetrics().observe_request_duration("api", "a", 0.7)
@@ -126,7 +153,9 @@ def test_fast_path_equals_sdk_path_through_the_prometheus_exporter():
 def test_eight_threads_exact_totals_on_both_paths():
     for fast_path in (True, False):
         reader = InMemoryMetricReader()
-        with meshmetrics.configure(readers=[reader], prometheus=False, fast_path=fast_path, set_global=False, environ={}):
+        with meshmetrics.configure(
+            readers=[reader], prometheus=False, fast_path=fast_path, set_global=False, environ={}
+        ):
             lb = LoadBalancerMetrics()
 
             def work() -> None:
@@ -153,9 +182,10 @@ def test_cardinality_limit_overflows_like_the_sdk():
     cells = Cells(definition)
     for i in range(definition.cardinality_limit + 10):
         cells.add(1, (str(i),), {"k": str(i)})
-    assert len(cells.values) == definition.cardinality_limit + 1
-    overflow = [k for k in cells.values if cells.meta[k].attributes == OVERFLOW_ATTRIBUTES]
-    assert len(overflow) == 1 and cells.values[overflow[0]] == 10
+    values = cells.snapshot()
+    assert len(values) == definition.cardinality_limit + 1
+    overflow = [k for k in values if cells.attributes_of(k) == OVERFLOW_ATTRIBUTES]
+    assert len(overflow) == 1 and values[overflow[0]] == 10
 
 
 def test_pinned_sdk_behaviour_the_fast_path_relies_on():
@@ -192,3 +222,26 @@ def test_delta_histogram_min_max_are_per_interval():
     assert [(p.min, p.max, p.count) for _, p in first] == [(5.0, 5.0, 1)]
     assert [(p.min, p.max, p.count) for _, p in second] == [(0.2, 0.2, 1)]
     assert not math.isinf(second[0][1].min)
+
+
+def test_short_lived_threads_keep_their_counts_and_their_shards_are_folded():
+    reader = InMemoryMetricReader()
+    with meshmetrics.configure(readers=[reader], prometheus=False, set_global=False, environ={}) as handle:
+        lb = LoadBalancerMetrics()
+        for round_ in range(5):
+            threads = [
+                threading.Thread(
+                    target=lambda: [lb.observe_request_duration("api", "a", 0.01) for _ in range(100)]
+                )
+                for _ in range(10)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            captured = meshmetrics.testing.CapturedMetrics(reader)
+            assert captured.histogram("mesh.lb.request.duration").count == 1000 * (round_ + 1)
+        cells = handle.runtime.cells["mesh.lb.request.duration"]
+        assert len(cells._shards) <= 1  # dead threads' shards were folded into the base
+        lb.remove_instance("api", "a")
+        assert meshmetrics.testing.CapturedMetrics(reader).points("mesh.lb.request.duration") == []
