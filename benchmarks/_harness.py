@@ -20,7 +20,7 @@ def per_call_ns(function: Callable[[], object], calls: int) -> float:
 def measure(cases: dict[str, Callable[[], object]], calls: int, repeats: int = 7) -> dict[str, float]:
     """Median ns per call of each case, repeats interleaved so drift hits every case alike."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
-    for name, function in cases.items():  # warm-up: caches, first-series creation
+    for function in cases.values():  # warm-up: caches, first-series creation
         per_call_ns(function, min(calls, 1000))
     for _ in range(repeats):
         for name, function in cases.items():
@@ -30,7 +30,7 @@ def measure(cases: dict[str, Callable[[], object]], calls: int, repeats: int = 7
 
 def machine() -> str:
     """One line describing where the numbers came from."""
-    import os  # noqa: PLC0415
+    import os
 
     return (
         f"Python {sys.version.split()[0]} on {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"

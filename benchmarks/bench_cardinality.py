@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import machine  # noqa: E402
+from _harness import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import machine, measure  # noqa: E402
-from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: E402
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client import Counter as PromCounter  # noqa: E402
-from prometheus_client import Histogram as PromHistogram  # noqa: E402
+from _harness import machine, measure
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram as PromHistogram
 
-import meshmetrics  # noqa: E402
-from meshmetrics import LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics  # noqa: E402
+import meshmetrics
+from meshmetrics import LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ATTRS = {"mesh.service": "api", "mesh.instance": "api-1", "mesh.lb.strategy": "round_robin"}

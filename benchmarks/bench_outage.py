@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import machine, measure  # noqa: E402
+from _harness import machine, measure
 
-import meshmetrics  # noqa: E402
-from meshmetrics import LoadBalancerMetrics  # noqa: E402
+import meshmetrics
+from meshmetrics import LoadBalancerMetrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def start_rotel(port: int, workdir: str) -> subprocess.Popen[bytes]:
-    import rotel  # noqa: PLC0415
+    import rotel
 
     binary = Path(rotel.__file__).parent / "rotel-agent"
     process = subprocess.Popen(
