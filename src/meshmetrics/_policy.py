@@ -75,7 +75,7 @@ def unbounded() -> AttributePolicy:
     return AttributePolicy("unbounded")
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     """A validated, sanitised, folded attribute set, and its hashable key."""
 

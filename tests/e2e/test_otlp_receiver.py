@@ -137,3 +137,50 @@ def test_prometheus_and_otlp_from_one_provider_agree():
             )
         finally:
             handle.shutdown(timeout=10)
+
+
+def _received_points(rotel, service: str) -> dict:
+    """Everything rotel holds for one service, keyed without the service label."""
+    result = {}
+    for (name, attributes), point in rotel.received().values.items():
+        attrs = dict(attributes)
+        if attrs.pop("mesh.service", None) == service:
+            result[(name, frozenset(attrs.items()))] = {k: v for k, v in point.items() if k != "bounds"} | {
+                "bounds": point.get("bounds")
+            }
+    return result
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+def test_fast_path_and_sdk_path_push_the_same_otlp(temporality):
+    with rotel_receiver() as rotel:
+        for fast_path in (True, False):
+            handle = meshmetrics.configure(
+                prometheus=False,
+                otlp_endpoint=rotel.grpc_endpoint,
+                otlp_temporality=temporality,
+                export_interval=3600,
+                fast_path=fast_path,
+                set_global=False,
+                environ={},
+            )
+            try:
+                service = f"fast-{fast_path}"
+                lb, mesh, retry = LoadBalancerMetrics(), ServiceMeshMetrics(), RetryMetrics()
+                for i in range(40):
+                    lb.record_request(service, f"i-{i % 3}", "random")
+                    lb.observe_request_duration(service, f"i-{i % 3}", (0.005, 0.02, 0.3, 7.0)[i % 4])
+                    retry.record_attempt(service, "op", 1 + i % 3)
+                    mesh.record_call_success(service, "op", 0.01 * i)
+                lb.set_instance_health(service, "i-0", 0.5)
+                lb.connection_opened(service, "i-0")
+                assert handle.force_flush(timeout=10)
+            finally:
+                handle.shutdown(timeout=10)
+        rotel.wait_for(
+            "mesh.lb.requests",
+            **{"mesh.service": "fast-False", "mesh.instance": "i-0", "mesh.lb.strategy": "random"},
+        )
+        fast, plain = _received_points(rotel, "fast-True"), _received_points(rotel, "fast-False")
+        assert len(fast) >= 12
+        assert fast == plain
