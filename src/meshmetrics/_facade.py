@@ -49,6 +49,11 @@ def count(policy: Policy, metric: str, field: str, value: object) -> int | None:
     return policy.count(metric, field, value, minimum=0)
 
 
+def failure_type(error: object) -> str:
+    """``error.type`` of a failure: its class, or ``_OTHER`` when nothing tells."""
+    return error_type(error) or "_OTHER"
+
+
 def error_type(error: object) -> str | None:
     """``error.type`` for an error, or None when there is no error."""
     if type(error) is str and error:  # already a class name or status: skip the classifier
@@ -81,15 +86,26 @@ class Facade:
         if runtime is None:
             return
         try:
-            prepared: Prepared | None
-            try:  # the policy's cache, read inline: one dict lookup per call
-                prepared = runtime.policy.cache[metric.name][values]
-                if prepared.folded:
-                    prepared = runtime.policy.prepare(metric, values)
-            except (KeyError, TypeError):
-                prepared = runtime.policy.prepare(metric, values)
+            # the common case: a cached, unfolded attribute set whose instrument is known
+            prepared = runtime.policy.cache[metric.name][values]
+            instrument = prepared.instrument
+            if instrument is None or prepared.folded:
+                raise LookupError  # noqa: TRY301 - take the slow path below
+            instrument.add(amount, prepared.key, prepared.attributes)
+        except (LookupError, TypeError):  # not cached yet, unhashable, or folded: the full path
+            self._add_slow(runtime, metric, amount, values)
+        except Exception as error:
+            self._fail(runtime, metric.name, error)
+
+    def _add_slow(
+        self, runtime: Runtime, metric: MetricDefinition, amount: int, values: tuple[object, ...]
+    ) -> None:
+        try:
+            prepared = runtime.policy.prepare(metric, values)
             if prepared is not None:
-                runtime.instruments[metric.name].add(amount, prepared.key, prepared.attributes)
+                if prepared.instrument is None:
+                    prepared.instrument = runtime.instruments[metric.name]
+                prepared.instrument.add(amount, prepared.key, prepared.attributes)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 

@@ -76,7 +76,9 @@ class LoadBalancerMetrics(_facade.Facade):
 
     def record_error(self, service: str, instance: str, error: object) -> None:
         """Count a failed request to ``instance`` by ``error.type`` (``mesh.lb.errors``)."""
-        self._add(_ERRORS, 1, (service, instance, _facade.error_type(error) or "_OTHER"))
+        # a non-empty string is already an error class: no call on the common path
+        kind = error if type(error) is str and error else _facade.failure_type(error)
+        self._add(_ERRORS, 1, (service, instance, kind))
 
     def connection_opened(self, service: str, instance: str) -> None:
         """A connection to ``instance`` opened (``mesh.lb.connections.active`` + 1)."""
@@ -88,7 +90,7 @@ class LoadBalancerMetrics(_facade.Facade):
 
     def record_connection_failure(self, service: str, instance: str, error: object) -> None:
         """Count a failed attempt to connect to ``instance`` (``mesh.lb.connection.failures``)."""
-        self._add(_CONNECTION_FAILURES, 1, (service, instance, _facade.error_type(error) or "_OTHER"))
+        self._add(_CONNECTION_FAILURES, 1, (service, instance, _facade.failure_type(error)))
 
     def set_instance_health(self, service: str, instance: str, score: float) -> None:
         """Set the health score of ``instance``, from 0 (unusable) to 1 (fully healthy)."""

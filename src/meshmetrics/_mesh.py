@@ -61,7 +61,7 @@ class ServiceMeshMetrics(_facade.Facade):
             _facade.duration,
             "duration",
             duration,
-            (service, operation, "failure", _facade.error_type(error) or "_OTHER"),
+            (service, operation, "failure", _facade.failure_type(error)),
         )
 
     def call_started(self, service: str, operation: str) -> None:
@@ -110,7 +110,7 @@ class ServiceMeshMetrics(_facade.Facade):
 
     def _registry(self, service: str, operation: str, success: bool, error: object) -> None:
         outcome = "success" if success else "failure"
-        error_class = None if success else (_facade.error_type(error) or "_OTHER")
+        error_class = None if success else (_facade.failure_type(error))
         self._add(_REGISTRY_OPERATIONS, 1, (service, operation, outcome, error_class))
 
     # Instance health.

@@ -13,6 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -82,6 +83,9 @@ class Prepared:
     attributes: dict[str, str]
     folded: tuple[str, ...]
     key: tuple[str, ...]
+    # the runtime's instrument for the metric, cached by the facade on first use
+    # (a Prepared belongs to one runtime's policy, so it is always the same one)
+    instrument: Any = None
 
 
 class _RateLimitedLog:

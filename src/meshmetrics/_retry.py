@@ -58,7 +58,9 @@ class RetryMetrics(_facade.Facade):
 
     def record_error(self, service: str, operation: str, error: object) -> None:
         """Count one failed attempt by ``error.type`` (``mesh.retry.errors``)."""
-        self._add(_ERRORS, 1, (service, operation, _facade.error_type(error) or "_OTHER"))
+        # a non-empty string is already an error class: no call on the common path
+        kind = error if type(error) is str and error else _facade.failure_type(error)
+        self._add(_ERRORS, 1, (service, operation, kind))
 
     def record_delay(self, service: str, operation: str, delay: float) -> None:
         """Record the backoff, in seconds, slept before a retry."""
