@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -320,3 +321,23 @@ def rotel_receiver() -> Iterator[RotelReceiver]:
             yield receiver
         finally:
             receiver.stop()
+
+
+@contextmanager
+def running_demo(*args: str) -> Iterator[int]:
+    """Run ``python -m meshmetrics demo ARGS`` on a free loopback port; yield the port."""
+    port = free_port()
+    env = {**os.environ, "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshmetrics", "demo", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from urllib.request import urlopen
 
@@ -12,7 +9,7 @@ import pytest
 
 from meshmetrics import semconv
 from tests.conftest import parse_samples
-from tests.e2e.servers import free_port, prometheus_server, wait_for_port
+from tests.e2e.servers import prometheus_server, running_demo
 from tests.unit.test_dashboards_and_rules import RULES, dashboard_queries, rule_queries
 
 pytestmark = pytest.mark.e2e
@@ -28,36 +25,8 @@ def grafana_to_promql(expr: str) -> str:
 
 @pytest.fixture(scope="module")
 def demo_port():
-    port = free_port()
-    env = {**os.environ, "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"}
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshmetrics",
-            "demo",
-            "--duration",
-            "90",
-            "--cycle",
-            "8",
-            "--rate",
-            "150",
-            "--port",
-            str(port),
-            "--seed",
-            "3",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        wait_for_port(port)
+    with running_demo("--duration", "90", "--cycle", "8", "--rate", "150", "--seed", "3") as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_every_registry_metric_is_in_the_demo_exposition(demo_port):

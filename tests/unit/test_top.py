@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
 from meshmetrics._top import bucket_quantile, parse, render, rows
-from tests.e2e.servers import free_port, wait_for_port
+from tests.e2e.servers import free_port, running_demo
 
 
 def test_bucket_quantile_interpolates_like_histogram_quantile():
@@ -62,28 +61,7 @@ def test_rows_from_two_scrapes():
 
 
 def test_top_against_a_running_demo():
-    port = free_port()
-    env = {**os.environ, "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"}
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshmetrics",
-            "demo",
-            "--duration",
-            "20",
-            "--port",
-            str(port),
-            "--rate",
-            "120",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        wait_for_port(port)
+    with running_demo("--duration", "20", "--rate", "120") as port:
         result = subprocess.run(
             [
                 sys.executable,
@@ -101,9 +79,6 @@ def test_top_against_a_running_demo():
             timeout=30,
             check=True,
         )
-    finally:
-        demo.terminate()
-        demo.wait(timeout=30)
     views = [view for view in result.stdout.split("meshmetrics top") if view.strip()]
     assert len(views) == 3
     last = views[-1].splitlines()
