@@ -68,3 +68,17 @@ def strict_configured() -> Iterator[Configured]:
         yield Configured(handle, reader, CapturedMetrics(reader))
     finally:
         handle.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a skipped test proves nothing: any skip fails the run."""
+    from tests.e2e.servers import in_ci
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if in_ci() and skipped and exitstatus == 0:
+        session.exitstatus = 1
+        if reporter:
+            reporter.write_line(
+                f"CI: {skipped} test(s) skipped; a skipped test proves nothing, failing the run", red=True
+            )

@@ -25,11 +25,16 @@ from urllib.request import urlopen
 import pytest
 
 
+def in_ci() -> bool:
+    """True under CI (CI=true, 1, yes): there a missing tool fails instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
 def require(binary: str | None, what: str) -> str:
     if binary and Path(binary).exists():
         return binary
     message = f"{what} is not installed (run .ci/run or see README)"
-    if os.environ.get("CI", "").lower() == "true":
+    if in_ci():
         pytest.fail(message)
     pytest.skip(message)
     raise AssertionError  # unreachable
