@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -28,7 +29,6 @@ REFERENCE = ROOT / "conventions" / "README.md"
 KINDS = {"counter", "updowncounter", "histogram", "gauge"}
 POLICIES = {"enum", "bounded", "unbounded"}
 LEVELS = {"required", "conditionally_required", "recommended", "opt_in"}
-PROFILES = ("full", "standard", "minimal")
 COUNTERPART_SYSTEMS = ("otel", "envoy", "linkerd", "istio", "resilience4j", "grpc", "stamina")
 UCUM_ANNOTATION = re.compile(r"^\{[a-z_]+\}$")
 UCUM_UNITS = {"s", "1", "By"}
@@ -231,12 +231,28 @@ def render_semconv(attributes: dict[str, dict[str, Any]], metrics: list[dict[str
     return "\n".join(out)
 
 
+def _load_profiles() -> Any:
+    # Load meshmetrics/_profiles.py on its own: importing the package would import
+    # the semconv module this script generates (and may be regenerating).
+    spec = importlib.util.spec_from_file_location(
+        "_meshmetrics_profiles", ROOT / "src" / "meshmetrics" / "_profiles.py"
+    )
+    if spec is None or spec.loader is None:
+        raise RegistryError("cannot load src/meshmetrics/_profiles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_profiles = _load_profiles()
+PROFILES = _profiles.DETAILS
+
+
 def profile_keys(metric: dict[str, Any], profile: str) -> list[str]:
-    """Attribute keys a detail profile keeps for a metric (mirrors ``_profiles.py``)."""
-    keys = [use["key"] for use in metric["attributes"]]
-    if profile == "minimal" and metric["instrument"] == "histogram":
-        keys = [key for key in keys if key != "mesh.instance"]
-    return keys
+    """Attribute keys a detail profile keeps for a metric: the runtime's own rule."""
+    return list(
+        _profiles.kept_keys(metric["instrument"], (use["key"] for use in metric["attributes"]), profile)
+    )
 
 
 def _cell(text: str) -> str:

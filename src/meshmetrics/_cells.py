@@ -107,8 +107,12 @@ class Cells:
         definition: MetricDefinition,
         *,
         on_series_removed: Callable[[str, Mapping[str, Any]], None] = lambda _m, _a: None,
+        series_ttl_s: float = 0.0,
     ) -> None:
-        """Hold the series of ``definition`` (its kind decides add/set/record)."""
+        """Hold the series of ``definition`` (its kind decides add/set/record).
+
+        With ``series_ttl_s`` > 0, series idle that long stop being exported.
+        """
         self.definition = definition
         self.name = definition.name
         self.kind = definition.instrument
@@ -121,6 +125,7 @@ class Cells:
         self._shards: list[_Shard] = []
         self._local = threading.local()
         self._on_series_removed = on_series_removed
+        self.series_ttl_s = series_ttl_s
 
     def _shard(self) -> _Shard:
         shard = _Shard()
@@ -267,14 +272,19 @@ class Cells:
             self._on_series_removed(self.name, attributes)
         return len(removed)
 
-    def expire(self, ttl_s: float, now_s: float) -> None:
-        """Put series unchanged for ``ttl_s`` to sleep: not exported, resumed if used again."""
-        values = self.snapshot()
+    def _expire_idle(self, values: dict[Key, Any], now_s: float) -> dict[Key, Any]:
+        """Put series unchanged for ``series_ttl_s`` to sleep (resumed if used again).
+
+        Returns ``values`` without them.
+        """
+        ttl_s = self.series_ttl_s
         expired = []
         with self.lock:
             idle = []
             for key, value in values.items():
-                meta = self.meta[key]
+                meta = self.meta.get(key)
+                if meta is None:  # removed since the snapshot
+                    continue
                 if value != meta.last_seen:
                     meta.last_seen, meta.last_change_s = value, now_s
                 elif now_s - meta.last_change_s >= ttl_s:
@@ -289,11 +299,14 @@ class Cells:
                         self.dormant.popitem(last=False)
         for attributes in expired:
             self._on_series_removed(self.name, attributes)
+        return {key: value for key, value in values.items() if key in self.meta}
 
     # Collection.
     def export(self, reader: ReaderState, temporality: AggregationTemporality, now_ns: int) -> Metric | None:
         """The metric as the reader should see it now, or None if it has no points."""
         values = self.snapshot()
+        if self.series_ttl_s > 0:
+            values = self._expire_idle(values, time.monotonic())
         with self.lock:
             items = [(key, value, self.meta[key]) for key, value in values.items() if key in self.meta]
         if self.kind == "gauge":

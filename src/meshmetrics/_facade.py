@@ -81,31 +81,30 @@ class Facade:
             raise error
         runtime.policy.internal_error(metric, error)
 
+    def _prepared(
+        self, runtime: Runtime, metric: MetricDefinition, values: tuple[object, ...]
+    ) -> Prepared | None:
+        """The full path: validate, fold (counting folds), and attach the metric's instrument."""
+        prepared = runtime.policy.prepare(metric, values)
+        if prepared is not None and prepared.instrument is None:
+            prepared.instrument = runtime.instruments[metric.name]
+        return prepared
+
     def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
         runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
         if runtime is None:
             return
         try:
-            # the common case: a cached, unfolded attribute set whose instrument is known
-            prepared = runtime.policy.cache[metric.name][values]
-            instrument = prepared.instrument
-            if instrument is None or prepared.folded:
-                raise LookupError  # noqa: TRY301 - take the slow path below
-            instrument.add(amount, prepared.key, prepared.attributes)
-        except (LookupError, TypeError):  # not cached yet, unhashable, or folded: the full path
-            self._add_slow(runtime, metric, amount, values)
-        except Exception as error:
-            self._fail(runtime, metric.name, error)
-
-    def _add_slow(
-        self, runtime: Runtime, metric: MetricDefinition, amount: int, values: tuple[object, ...]
-    ) -> None:
-        try:
-            prepared = runtime.policy.prepare(metric, values)
-            if prepared is not None:
-                if prepared.instrument is None:
-                    prepared.instrument = runtime.instruments[metric.name]
-                prepared.instrument.add(amount, prepared.key, prepared.attributes)
+            try:  # the common case: a cached, unfolded attribute set whose instrument is known
+                prepared = runtime.policy.cache[metric.name][values]
+                if prepared.instrument is None or prepared.folded:
+                    raise LookupError  # noqa: TRY301 - take the full path
+            except (LookupError, TypeError):  # not cached yet, unhashable, or folded
+                full = self._prepared(runtime, metric, values)
+                if full is None:
+                    return
+                prepared = full
+            prepared.instrument.add(amount, prepared.key, prepared.attributes)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
@@ -129,20 +128,19 @@ class Facade:
                 checked = validator(runtime.policy, metric.name, field, value)
             if checked is None:
                 return
-            prepared: Prepared | None
-            try:  # the policy's cache, read inline: one dict lookup per call
+            try:  # the common case, as in _add
                 prepared = runtime.policy.cache[metric.name][values]
-                if prepared.folded:
-                    prepared = runtime.policy.prepare(metric, values)
-            except (KeyError, TypeError):
-                prepared = runtime.policy.prepare(metric, values)
-            if prepared is None:
-                return
-            instrument = runtime.instruments[metric.name]
+                if prepared.instrument is None or prepared.folded:
+                    raise LookupError  # noqa: TRY301 - take the full path
+            except (LookupError, TypeError):
+                full = self._prepared(runtime, metric, values)
+                if full is None:
+                    return
+                prepared = full
             if metric.instrument == "histogram":
-                instrument.record(checked, prepared.key, prepared.attributes)
+                prepared.instrument.record(checked, prepared.key, prepared.attributes)
             else:
-                instrument.set(checked, prepared.key, prepared.attributes)
+                prepared.instrument.set(checked, prepared.key, prepared.attributes)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 

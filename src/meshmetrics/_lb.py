@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from meshmetrics import _facade, semconv
-from meshmetrics._policy import Prepared
-from meshmetrics._runtime import state as _runtime_state
 
 _M = semconv.METRICS
 _REQUESTS = _M[semconv.METRIC_MESH_LB_REQUESTS]
@@ -34,29 +32,7 @@ class LoadBalancerMetrics(_facade.Facade):
 
         Also feeds ``mesh.lb.load_imbalance`` for (service, strategy).
         """
-        runtime = self._explicit or _runtime_state.current  # inlined _runtime(): the hot path
-        if runtime is None:
-            return
-        try:
-            values = (service, instance, strategy)
-            prepared: Prepared | None
-            try:  # the policy's cache, read inline: one dict lookup per call
-                prepared = runtime.policy.cache[_REQUESTS.name][values]
-                if prepared.folded:
-                    prepared = runtime.policy.prepare(_REQUESTS, values)
-            except (KeyError, TypeError):
-                prepared = runtime.policy.prepare(_REQUESTS, values)
-            if prepared is None:
-                return
-            attributes = prepared.attributes
-            runtime.instruments[_REQUESTS.name].add(1, prepared.key, attributes)
-            if runtime.imbalance is not None:  # the SDK path; the fast path reads its own counts
-                runtime.imbalance.add(
-                    (attributes[semconv.ATTR_MESH_SERVICE], attributes[semconv.ATTR_MESH_LB_STRATEGY]),
-                    attributes[semconv.ATTR_MESH_INSTANCE],
-                )
-        except Exception as error:
-            self._fail(runtime, _REQUESTS.name, error)
+        self._add(_REQUESTS, 1, (service, instance, strategy))
 
     def observe_request_duration(
         self, service: str, instance: str, duration: float, error: object = None

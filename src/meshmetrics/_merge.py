@@ -72,7 +72,6 @@ def attach(
     cells: Callable[[], Iterable[Cells]],
     resource: Resource,
     scope: InstrumentationScope,
-    before_collect: Callable[[], None] = lambda: None,
 ) -> None:
     """Make ``reader`` export the cells alongside what the SDK collected."""
     # The SDK annotates _collect loosely (and wrongly); it is called as
@@ -84,7 +83,6 @@ def attach(
 
     def collect(target: MetricReader, timeout_millis: float = 10_000) -> MetricsData | None:
         data = original(target, timeout_millis=timeout_millis)
-        before_collect()
         now_ns = time.time_ns()
         metrics = []
         for store in cells():

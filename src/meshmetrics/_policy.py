@@ -27,8 +27,6 @@ _CACHE_LIMIT = 8192
 
 _logger = structlog.get_logger("meshmetrics")
 
-Attributes = Mapping[str, str]
-
 
 class InvalidMeasurement(ValueError):  # noqa: N818 - it *is* a ValueError, named for what it means
     """A measurement broke a rule. Raised to the caller only in strict mode."""
@@ -206,11 +204,6 @@ class Policy:
             return None
 
     # Attribute sets.
-    def attributes(self, metric: MetricDefinition, values: tuple[object, ...]) -> Attributes | None:
-        """Return the attribute set for ``values`` (in the metric's declared order), or None."""
-        prepared = self.prepare(metric, values)
-        return None if prepared is None else prepared.attributes
-
     def prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
         """Validate and fold ``values`` (in the metric's declared order); None if rejected.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -50,6 +49,28 @@ class _SdkInstrument:
 
     def record(self, value: float, _key: object, attributes: Mapping[str, Any]) -> None:
         self._instrument.record(value, attributes)
+
+
+_WINDOW_KEYS = (semconv.ATTR_MESH_SERVICE, semconv.ATTR_MESH_LB_STRATEGY, semconv.ATTR_MESH_INSTANCE)
+
+
+class _WindowedRequests(_SdkInstrument):
+    """``mesh.lb.requests`` on the SDK path: also feeds the per-request imbalance window.
+
+    (On the fast path the imbalance is read from the request cells at collection.)
+    """
+
+    __slots__ = ("_window",)
+
+    def __init__(self, instrument: Any, window: ImbalanceWindow) -> None:
+        super().__init__(instrument)
+        self._window = window
+
+    def add(self, amount: float, key: object, attributes: Mapping[str, Any]) -> None:
+        super().add(amount, key, attributes)
+        service, strategy, instance = (attributes.get(k) for k in _WINDOW_KEYS)
+        if service is not None and strategy is not None and instance is not None:
+            self._window.add((service, strategy), instance)
 
 
 def _targeted_by(view: View, name: str) -> bool:
@@ -97,12 +118,13 @@ class Runtime:
                 continue
             if fast and self._fast_path_allowed(definition, user_views):
                 self.cells[name] = self.instruments[name] = Cells(
-                    definition, on_series_removed=self._series_ended
+                    definition, on_series_removed=self._series_ended, series_ttl_s=settings.series_ttl_s
                 )
+            elif name == semconv.METRIC_MESH_LB_REQUESTS:
+                self.imbalance = ImbalanceWindow()
+                self.instruments[name] = _WindowedRequests(self._create(definition), self.imbalance)
             else:
                 self.instruments[name] = _SdkInstrument(self._create(definition))
-        if semconv.METRIC_MESH_LB_REQUESTS not in self.cells:
-            self.imbalance = ImbalanceWindow()
         imbalance = semconv.METRICS[semconv.METRIC_MESH_LB_LOAD_IMBALANCE]
         self.meter.create_observable_gauge(
             imbalance.name,
@@ -114,7 +136,7 @@ class Runtime:
             resource = getattr(getattr(provider, "_sdk_config", None), "resource", None) or Resource({})
             scope = InstrumentationScope(METER_NAME, __version__)
             for reader in readers:
-                _merge.attach(reader, self.cells.values, resource, scope, self._housekeeping)
+                _merge.attach(reader, self.cells.values, resource, scope)
         self._overflows = self.instruments[semconv.METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS]
         self._rejected = self.instruments[semconv.METRIC_MESHMETRICS_MEASUREMENTS_REJECTED]
 
@@ -140,13 +162,6 @@ class Runtime:
                 explicit_bucket_boundaries_advisory=list(definition.buckets),
             )
         return self.meter.create_gauge(name, unit=definition.unit, description=definition.brief)
-
-    def _housekeeping(self) -> None:
-        ttl = self.settings.series_ttl_s
-        if ttl > 0:
-            now = time.monotonic()
-            for cells in self.cells.values():
-                cells.expire(ttl, now)
 
     def _series_ended(self, metric: str, attributes: Mapping[str, Any]) -> None:
         """Give bounded values that no live series of ``metric`` uses their budget place back."""
@@ -185,12 +200,12 @@ class Runtime:
 
     def _request_counts(self) -> dict[tuple[str, str, str], float]:
         cells = self.cells[semconv.METRIC_MESH_LB_REQUESTS]
-        keys = (semconv.ATTR_MESH_SERVICE, semconv.ATTR_MESH_LB_STRATEGY, semconv.ATTR_MESH_INSTANCE)
         counts: dict[tuple[str, str, str], float] = {}
         for key, value in cells.snapshot().items():
             attributes = cells.attributes_of(key)
-            if attributes is not None and all(k in attributes for k in keys):
-                counts[(attributes[keys[0]], attributes[keys[1]], attributes[keys[2]])] = value
+            if attributes is not None and all(k in attributes for k in _WINDOW_KEYS):
+                service, strategy, instance = (attributes[k] for k in _WINDOW_KEYS)
+                counts[(service, strategy, instance)] = value
         return counts
 
     def _observe_imbalance(self, _options: CallbackOptions) -> Iterable[Observation]:
