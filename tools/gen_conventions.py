@@ -232,13 +232,13 @@ def render_semconv(attributes: dict[str, dict[str, Any]], metrics: list[dict[str
 
 
 def _load_profiles() -> Any:
-    # Load meshmetrics/_profiles.py on its own: importing the package would import
+    # Load meshmetrics/_policy/profiles.py on its own: importing the package would import
     # the semconv module this script generates (and may be regenerating).
     spec = importlib.util.spec_from_file_location(
-        "_meshmetrics_profiles", ROOT / "src" / "meshmetrics" / "_profiles.py"
+        "_meshmetrics_profiles", ROOT / "src" / "meshmetrics" / "_policy" / "profiles.py"
     )
     if spec is None or spec.loader is None:
-        raise RegistryError("cannot load src/meshmetrics/_profiles.py")
+        raise RegistryError("cannot load src/meshmetrics/_policy/profiles.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

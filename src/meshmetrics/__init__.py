@@ -9,15 +9,18 @@ Configure once at start-up, record through the facades::
     lb.record_request(service="api", instance="api-1", strategy="round_robin")
 """
 
+from importlib.metadata import version as _package_version
+
 from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
-from meshmetrics._errors import classify_error
 from meshmetrics._lb import LoadBalancerMetrics
 from meshmetrics._mesh import CallTracker, ServiceMeshMetrics
-from meshmetrics._normalizers import status_class, template_path
-from meshmetrics._policy import AttributePolicy, InvalidMeasurement, bounded, drop, hashed, unbounded
-from meshmetrics._provider import MetricsHandle, configure, current_handle, shutdown
+from meshmetrics._policy.core import AttributePolicy, InvalidMeasurement, bounded, drop, hashed, unbounded
+from meshmetrics._policy.errors import classify_error
+from meshmetrics._policy.normalizers import status_class, template_path
 from meshmetrics._retry import RetryCallTracker, RetryMetrics, retry_outcome
-from meshmetrics._version import __version__
+from meshmetrics._setup.provider import MetricsHandle, configure, current_handle, shutdown
+
+__version__ = _package_version("meshmetrics")
 
 __all__ = [
     "AttributePolicy",

@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.add_argument("--no-clear", action="store_true", help="append views instead of redrawing the screen")
     args = parser.parse_args(argv)
     if args.command == "top":
-        from meshmetrics import _top  # noqa: PLC0415 - keep `--help` fast
+        from meshmetrics._cli import top as _top  # noqa: PLC0415 - keep `--help` fast
 
         try:
             _top.run(
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     import meshmetrics  # noqa: PLC0415 - keep `--help` fast
-    from meshmetrics import _demo  # noqa: PLC0415
+    from meshmetrics._cli import demo as _demo  # noqa: PLC0415
 
     handle = meshmetrics.configure(
         service_name="meshmetrics-demo", prometheus_host=args.host, prometheus_port=args.port

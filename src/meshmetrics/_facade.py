@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable
 from opentelemetry.metrics import MeterProvider
 
 from meshmetrics._definitions import MetricDefinition
-from meshmetrics._errors import classify_error
-from meshmetrics._policy import InvalidMeasurement, Policy, Prepared
-from meshmetrics._runtime import Runtime, runtime_for, state
-from meshmetrics._sanitize import to_label
+from meshmetrics._engine.runtime import Runtime, runtime_for, state
+from meshmetrics._policy.core import InvalidMeasurement, Policy, Prepared
+from meshmetrics._policy.errors import classify_error
+from meshmetrics._policy.sanitize import to_label
 from meshmetrics.semconv import ATTR_MESH_INSTANCE as ATTR_INSTANCE
 from meshmetrics.semconv import ATTR_MESH_SERVICE as ATTR_SERVICE
 from meshmetrics.semconv import METRICS

@@ -30,8 +30,10 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
 )
 
-from meshmetrics import _config, _runtime, semconv
-from meshmetrics._provider import conventions_views
+from meshmetrics import semconv
+from meshmetrics._engine import runtime as _runtime
+from meshmetrics._setup import settings as _config
+from meshmetrics._setup.provider import conventions_views
 
 __all__ = ["CapturedMetrics", "HistogramValue", "capture"]
 

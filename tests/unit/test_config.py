@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshmetrics._config import resolve
+from meshmetrics._setup.settings import resolve
 
 
 def test_defaults():

@@ -11,7 +11,8 @@ from urllib.request import urlopen
 
 import pytest
 
-from meshmetrics import _demo, semconv
+from meshmetrics import semconv
+from meshmetrics._cli import demo as _demo
 from meshmetrics.testing import capture
 from tests.conftest import parse_samples
 from tests.e2e.servers import free_port, wait_for_port

@@ -112,7 +112,7 @@ def test_token_from_file_and_environment(tmp_path, monkeypatch):
 
 
 def test_default_bind_address_is_localhost():
-    settings = meshmetrics._config.resolve(environ={})
+    settings = meshmetrics._setup.settings.resolve(environ={})
     assert settings.prometheus_host == "localhost"
 
 

@@ -150,7 +150,7 @@ def test_load_imbalance_is_one_for_even_traffic_and_rises_with_skew(configured):
 
 
 def test_imbalance_window_forgets_old_traffic():
-    from meshmetrics._window import ImbalanceWindow
+    from meshmetrics._engine.window import ImbalanceWindow
 
     now = [0.0]
     window = ImbalanceWindow(window_s=60, clock=lambda: now[0])

@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 
 import meshmetrics
 from meshmetrics import CircuitBreakerMetrics, LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics
-from meshmetrics._cells import Cells
+from meshmetrics._engine.series import Cells
 from tests.conftest import parse_samples
 
 DELTA = AggregationTemporality.DELTA
@@ -176,7 +176,7 @@ def test_eight_threads_exact_totals_on_both_paths():
 
 
 def test_cardinality_limit_overflows_like_the_sdk():
-    from meshmetrics._cells import OVERFLOW_ATTRIBUTES
+    from meshmetrics._engine.series import OVERFLOW_ATTRIBUTES
 
     definition = meshmetrics.semconv.METRICS["mesh.lb.requests"]
     cells = Cells(definition)

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import meshmetrics
 from meshmetrics import LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics
-from meshmetrics._sanitize import to_label
+from meshmetrics._policy.sanitize import to_label
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ def test_attributes_outside_the_declared_set_never_reach_an_exporter(configured)
 
 
 def test_cardinality_limit_view_is_per_metric():
-    views = meshmetrics._provider.conventions_views("standard")
+    views = meshmetrics._setup.provider.conventions_views("standard")
     assert {v._instrument_name for v in views} == set(semconv.METRICS)
     assert all(v._aggregation_cardinality_limit == 2000 for v in views)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from meshmetrics._top import bucket_quantile, parse, render, rows
+from meshmetrics._cli.top import bucket_quantile, parse, render, rows
 from tests.e2e.servers import free_port, running_demo
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from meshmetrics._exposition import EndpointAuth, respond
+from meshmetrics._serve.exposition import EndpointAuth, respond
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Scope = MutableMapping[str, Any]

@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from meshmetrics._cells import Cells, ReaderState
+from meshmetrics._engine.series import Cells, ReaderState
 
 _TEMPORALITY_CLASS = {
     "counter": _Counter,

@@ -26,10 +26,16 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
-from meshmetrics import _apps, _config, _http, _otlp, _prometheus, _runtime, semconv
-from meshmetrics._exposition import EndpointAuth
-from meshmetrics._policy import AttributePolicy
-from meshmetrics._profiles import kept_keys
+from meshmetrics import semconv
+from meshmetrics._engine import runtime as _runtime
+from meshmetrics._policy.core import AttributePolicy
+from meshmetrics._policy.profiles import kept_keys
+from meshmetrics._serve import apps as _apps
+from meshmetrics._serve import http as _http
+from meshmetrics._serve import reader as _prometheus
+from meshmetrics._serve.exposition import EndpointAuth
+from meshmetrics._setup import otlp as _otlp
+from meshmetrics._setup import settings as _config
 
 _logger = structlog.get_logger("meshmetrics")
 _configure_lock = threading.Lock()

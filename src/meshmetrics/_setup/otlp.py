@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import Aggregation, ExponentialBucketHistogramAggregation
 
-from meshmetrics._config import Settings
+from meshmetrics._setup.settings import Settings
 
 _logger = structlog.get_logger("meshmetrics")
 LOG_INTERVAL_S = 60.0

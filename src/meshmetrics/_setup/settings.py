@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from meshmetrics._exposition import read_secret_file
+from meshmetrics._serve.exposition import read_secret_file
 
 Protocol = Literal["grpc", "http/protobuf"]
 Temporality = Literal["cumulative", "delta", "lowmemory"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from meshmetrics._exposition import EndpointAuth, respond
+from meshmetrics._serve.exposition import EndpointAuth, respond
 
 CLIENT_TIMEOUT_S = 10.0
 

@@ -12,6 +12,7 @@ import fnmatch
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -20,16 +21,17 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from meshmetrics import _merge, semconv
-from meshmetrics._cells import Cells
-from meshmetrics._config import Settings
+from meshmetrics import semconv
 from meshmetrics._definitions import MetricDefinition
-from meshmetrics._policy import Policy
-from meshmetrics._profiles import kept_keys
-from meshmetrics._version import __version__
-from meshmetrics._window import ImbalanceWindow, SnapshotWindow
+from meshmetrics._engine import merge as _merge
+from meshmetrics._engine.series import Cells
+from meshmetrics._engine.window import ImbalanceWindow, SnapshotWindow
+from meshmetrics._policy.core import Policy
+from meshmetrics._policy.profiles import kept_keys
+from meshmetrics._setup.settings import Settings
 
 METER_NAME = "meshmetrics"
+METER_VERSION = version("meshmetrics")
 _OBSERVABLE = frozenset({semconv.METRIC_MESH_LB_LOAD_IMBALANCE})
 
 
@@ -94,7 +96,7 @@ class Runtime:
         """Create every registry metric, in cells when ``readers`` (of ``provider``) are given."""
         self.provider = provider
         self.settings = settings
-        self.meter: Meter = provider.get_meter(METER_NAME, __version__)
+        self.meter: Meter = provider.get_meter(METER_NAME, METER_VERSION)
         self.imbalance: ImbalanceWindow | None = None  # per-request window, SDK path only
         self._snapshots = SnapshotWindow()
         self.cells: dict[str, Cells] = {}
@@ -134,7 +136,7 @@ class Runtime:
         )
         if fast and readers:
             resource = getattr(getattr(provider, "_sdk_config", None), "resource", None) or Resource({})
-            scope = InstrumentationScope(METER_NAME, __version__)
+            scope = InstrumentationScope(METER_NAME, METER_VERSION)
             for reader in readers:
                 _merge.attach(reader, self.cells.values, resource, scope)
         self._overflows = self.instruments[semconv.METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS]

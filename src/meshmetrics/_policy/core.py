@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from meshmetrics import semconv
 from meshmetrics._definitions import AttributeDefinition, MetricDefinition
-from meshmetrics._sanitize import NotALabelError, to_label
+from meshmetrics._log import RateLimitedLog
+from meshmetrics._policy.sanitize import NotALabelError, to_label
 
 OTHER = "_OTHER"
-LOG_INTERVAL_S = 60.0
 _CACHE_LIMIT = 8192
-
-_logger = structlog.get_logger("meshmetrics")
 
 
 class InvalidMeasurement(ValueError):  # noqa: N818 - it *is* a ValueError, named for what it means
@@ -86,25 +81,6 @@ class Prepared:
     instrument: Any = None
 
 
-class _RateLimitedLog:
-    """Log an event at most once per interval per key."""
-
-    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
-        self._interval = interval_s
-        self._last: dict[tuple[str, ...], float] = {}
-        self._suppressed: dict[tuple[str, ...], int] = {}
-
-    def warning(self, key: tuple[str, ...], event: str, **fields: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        _logger.warning(event, suppressed_since_last=suppressed, **fields)
-
-
 class Policy:
     """Validates measurements and prepares attribute sets for one configured runtime."""
 
@@ -134,7 +110,7 @@ class Policy:
         self.cache: dict[str, dict[tuple[object, ...], Prepared]] = {}
         self._seen: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog()
 
     # Rejection.
     def reject(self, metric: str, field: str, value: object, rule: str, reason: str) -> None:

@@ -1,0 +1,1 @@
+"""The aggregation engine: series, their per-thread values, the merge into every reader's export."""

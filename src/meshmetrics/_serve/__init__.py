@@ -1,0 +1,1 @@
+"""Serving the pull endpoint: the Prometheus reader, exposition, the HTTP server, WSGI/ASGI apps."""

@@ -1,0 +1,1 @@
+"""Setup: settings from arguments and ``OTEL_*`` variables, the MeterProvider, OTLP, fork handling."""
