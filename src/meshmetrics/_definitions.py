@@ -7,6 +7,9 @@ from typing import Literal
 
 InstrumentKind = Literal["counter", "updowncounter", "histogram", "gauge"]
 PolicyKind = Literal["enum", "bounded", "unbounded"]
+OTHER = "_OTHER"
+"""The value every fold of the registry goes to: an enum value outside its set, a value over its budget."""
+
 RequirementLevel = Literal["required", "conditionally_required", "recommended", "opt_in"]
 
 

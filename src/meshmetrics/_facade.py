@@ -1,8 +1,12 @@
 """What every facade shares: finding the runtime, validating, and recording one measurement.
 
 A facade method builds its attribute tuple (in the registry's declared order)
-and calls one of these helpers; the policy does the rest, cached per tuple.
-Nothing raises into the caller except ``InvalidMeasurement`` in strict mode.
+and calls one of these helpers: the metric's table finds the series with one
+dict lookup (the policy and the budgets run once per distinct tuple), and the
+series records. Everything a helper does with the caller's values runs inside
+one guard: nothing raises into the caller except ``InvalidMeasurement`` in
+strict mode, and a value that cannot even be classified (its ``__str__`` or
+``__bool__`` raises) is rejected like any other invalid value.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import MeterProvider
 
-from meshmetrics._definitions import MetricDefinition
+from meshmetrics._definitions import OTHER, MetricDefinition
 from meshmetrics._engine.runtime import Runtime, runtime_for, state
-from meshmetrics._policy.core import InvalidMeasurement, Policy, Prepared
+from meshmetrics._policy.core import InvalidMeasurement, Policy, Unclassifiable
 from meshmetrics._policy.errors import classify_error
 from meshmetrics._policy.sanitize import to_label
+from meshmetrics._setup.settings import Settings
 from meshmetrics.semconv import ATTR_MESH_INSTANCE as ATTR_INSTANCE
 from meshmetrics.semconv import ATTR_MESH_SERVICE as ATTR_SERVICE
 from meshmetrics.semconv import METRICS
@@ -49,16 +54,42 @@ def count(policy: Policy, metric: str, field: str, value: object) -> int | None:
     return policy.count(metric, field, value, minimum=0)
 
 
-def failure_type(error: object) -> str:
+def failure_type(error: object) -> str | Unclassifiable:
     """``error.type`` of a failure: its class, or ``_OTHER`` when nothing tells."""
-    return error_type(error) or "_OTHER"
+    return error_type(error) or OTHER
 
 
-def error_type(error: object) -> str | None:
-    """``error.type`` for an error, or None when there is no error."""
+def error_type(error: object) -> str | Unclassifiable | None:
+    """``error.type`` for an error, None when there is no error (the attribute is then absent)."""
     if type(error) is str and error:  # already a class name or status: skip the classifier
         return error
-    return None if error is None else classify_error(error)
+    if error is None:
+        return None
+    try:
+        return classify_error(error)
+    except Exception as cause:
+        return Unclassifiable(cause)
+
+
+def outcome(success: object, yes: str = "success", no: str = "failure") -> str | Unclassifiable:
+    """``yes`` if ``success`` is true, else ``no``; a value whose truth raises is rejected later."""
+    if success is True:
+        return yes
+    if success is False:
+        return no
+    try:
+        return yes if success else no
+    except Exception as cause:
+        return Unclassifiable(cause)
+
+
+def state_name(state: object) -> object:
+    """A state's name: an enum member's value, lower-cased; a hostile value is rejected later."""
+    try:
+        value = getattr(state, "value", state)  # enum members of users' own state types
+        return str.lower(value) if isinstance(value, str) else value
+    except Exception as cause:
+        return Unclassifiable(cause)
 
 
 class Facade:
@@ -71,40 +102,35 @@ class Facade:
 
         Before ``configure()``, and after ``shutdown()``, every method is a cheap no-op.
         """
-        self._explicit = runtime_for(meter_provider) if meter_provider is not None else None
+        self._explicit = runtime_for(meter_provider, Settings()) if meter_provider is not None else None
 
     def _runtime(self) -> Runtime | None:
         return self._explicit or state.current
 
     def _fail(self, runtime: Runtime, metric: str, error: Exception) -> None:
-        if isinstance(error, InvalidMeasurement) or runtime.policy.strict:
+        """The guard's one exit: strict mode raises ``InvalidMeasurement``, production counts."""
+        if isinstance(error, InvalidMeasurement):
             raise error
+        if runtime.policy.strict:
+            rule = "could not be recorded"
+            raise InvalidMeasurement(metric, "value", error, rule, "invalid_value") from error
         runtime.policy.internal_error(metric, error)
-
-    def _prepared(
-        self, runtime: Runtime, metric: MetricDefinition, values: tuple[object, ...]
-    ) -> Prepared | None:
-        """The full path: validate, fold (counting folds), and attach the metric's instrument."""
-        prepared = runtime.policy.prepare(metric, values)
-        if prepared is not None and prepared.instrument is None:
-            prepared.instrument = runtime.instruments[metric.name]
-        return prepared
 
     def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
         runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
         if runtime is None:
             return
         try:
-            try:  # the common case: a cached, unfolded attribute set whose instrument is known
-                prepared = runtime.policy.cache[metric.name][values]
-                if prepared.instrument is None or prepared.folded:
-                    raise LookupError  # noqa: TRY301 - take the full path
-            except (LookupError, TypeError):  # not cached yet, unhashable, or folded
-                full = self._prepared(runtime, metric, values)
-                if full is None:
+            table = runtime.tables[metric.name]
+            try:
+                series = table.cache.get(values)
+            except Exception:
+                series = None
+            if series is None:
+                series = table.find(values)
+                if series is None:
                     return
-                prepared = full
-            prepared.instrument.add(amount, prepared.key, prepared.attributes)
+            series.add(amount)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
@@ -123,29 +149,30 @@ class Facade:
         try:
             # the common case, a finite non-negative float duration, skips the validator call
             if validator is duration and type(value) is float and 0.0 <= value < _INF:
-                checked: float | int | None = value
+                checked: float = value
             else:
-                checked = validator(runtime.policy, metric.name, field, value)
-            if checked is None:
-                return
-            try:  # the common case, as in _add
-                prepared = runtime.policy.cache[metric.name][values]
-                if prepared.instrument is None or prepared.folded:
-                    raise LookupError  # noqa: TRY301 - take the full path
-            except (LookupError, TypeError):
-                full = self._prepared(runtime, metric, values)
-                if full is None:
+                validated = validator(runtime.policy, metric.name, field, value)
+                if validated is None:
                     return
-                prepared = full
+                checked = validated
+            table = runtime.tables[metric.name]
+            try:
+                series = table.cache.get(values)
+            except Exception:
+                series = None
+            if series is None:
+                series = table.find(values)
+                if series is None:
+                    return
             if metric.instrument == "histogram":
-                prepared.instrument.record(checked, prepared.key, prepared.attributes)
+                series.record(checked)
             else:
-                prepared.instrument.set(checked, prepared.key, prepared.attributes)
+                series.set(checked)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
     def _remove_instance(self, service: object, instance: object) -> None:
-        """Stop exporting every series of ``instance`` of ``service`` (it is gone)."""
+        """End every series of ``instance`` of ``service`` (it is gone)."""
         runtime = self._runtime()
         if runtime is None:
             return
@@ -169,20 +196,16 @@ class Facade:
         if runtime is None:
             return
         try:
-            chosen = runtime.policy.prepare(metric, values(_state_name(current)))
+            table = runtime.tables[metric.name]
+            chosen = table.find(values(state_name(current)))
             if chosen is None:
                 return
-            instrument = runtime.instruments[metric.name]
             for name in allowed:
-                prepared = runtime.policy.prepare(metric, values(name))
-                if prepared is not None:
-                    instrument.set(
-                        1 if name == chosen.attributes[state_field] else 0, prepared.key, prepared.attributes
-                    )
+                series = table.find(values(name))
+                if series is not None:
+                    series.set(1 if series.attributes[state_field] == chosen.attributes[state_field] else 0)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
 
-def _state_name(state: object) -> object:
-    value = getattr(state, "value", state)  # enum members of users' own state types
-    return value.lower() if isinstance(value, str) else value
+_state_name = state_name  # the name the facades of the first build use

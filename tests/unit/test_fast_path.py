@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 
 import meshmetrics
 from meshmetrics import CircuitBreakerMetrics, LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics
-from meshmetrics._engine.series import Cells
+from meshmetrics._engine.series import OVERFLOW_ATTRIBUTES, Table
 from tests.conftest import parse_samples
 
 DELTA = AggregationTemporality.DELTA
@@ -115,9 +115,9 @@ def test_fast_path_equals_sdk_path(temporality, detail):
 
 def test_fast_path_is_really_used():
     with meshmetrics.configure(prometheus=False, set_global=False, environ={}) as handle:
-        assert isinstance(handle.runtime.instruments["mesh.lb.requests"], Cells)
+        assert handle.runtime.tables["mesh.lb.requests"].sdk_instrument is None
     with meshmetrics.configure(prometheus=False, set_global=False, fast_path=False, environ={}) as handle:
-        assert not handle.runtime.cells
+        assert all(table.sdk_instrument is not None for table in handle.runtime.tables.values())
 
 
 def test_a_user_view_on_an_instrument_keeps_the_sdk_path_for_it():
@@ -128,8 +128,8 @@ def test_a_user_view_on_an_instrument_keeps_the_sdk_path_for_it():
     with meshmetrics.configure(
         readers=[reader], prometheus=False, views=[view], set_global=False, environ={}
     ) as handle:
-        assert "mesh.lb.request.duration" not in handle.runtime.cells
-        assert "mesh.lb.requests" in handle.runtime.cells
+        assert handle.runtime.tables["mesh.lb.request.duration"].sdk_instrument is not None
+        assert handle.runtime.tables["mesh.lb.requests"].sdk_instrument is None
         LoadBalancerMetrics().observe_request_duration("api", "a", 0.7)
         points = meshmetrics.testing.CapturedMetrics(reader).points("mesh.lb.request.duration")
         assert any(tuple(p.explicit_bounds) == (0.5, 1.0) for _, p in points)
@@ -176,16 +176,20 @@ def test_eight_threads_exact_totals_on_both_paths():
 
 
 def test_cardinality_limit_overflows_like_the_sdk():
-    from meshmetrics._engine.series import OVERFLOW_ATTRIBUTES
-
     definition = meshmetrics.semconv.METRICS["mesh.lb.requests"]
-    cells = Cells(definition)
-    for i in range(definition.cardinality_limit + 10):
-        cells.add(1, (str(i),), {"k": str(i)})
-    values = cells.snapshot()
+    policies = {"mesh.instance": meshmetrics.unbounded(), "mesh.service": meshmetrics.unbounded()}
+    with meshmetrics.configure(
+        prometheus=False, set_global=False, environ={}, attribute_policies=policies
+    ) as handle:
+        table: Table = handle.runtime.tables["mesh.lb.requests"]
+        for i in range(definition.cardinality_limit + 10):
+            series = table.find(("api", str(i), "round_robin"))
+            assert series is not None
+            series.add(1)
+        values = table.collect(0.0)
     assert len(values) == definition.cardinality_limit + 1
-    overflow = [k for k in values if cells.attributes_of(k) == OVERFLOW_ATTRIBUTES]
-    assert len(overflow) == 1 and values[overflow[0]] == 10
+    overflow = [value for series, value in values if series.attributes == OVERFLOW_ATTRIBUTES]
+    assert overflow == [10]
 
 
 def test_pinned_sdk_behaviour_the_fast_path_relies_on():
@@ -241,7 +245,8 @@ def test_short_lived_threads_keep_their_counts_and_their_shards_are_folded():
                 thread.join()
             captured = meshmetrics.testing.CapturedMetrics(reader)
             assert captured.histogram("mesh.lb.request.duration").count == 1000 * (round_ + 1)
-        cells = handle.runtime.cells["mesh.lb.request.duration"]
-        assert len(cells._shards) <= 1  # dead threads' shards were folded into the base
+        table = handle.runtime.tables["mesh.lb.request.duration"]
+        for series in table.series():  # finished threads' cells were folded into one
+            assert len(series.cells) <= 2
         lb.remove_instance("api", "a")
         assert meshmetrics.testing.CapturedMetrics(reader).points("mesh.lb.request.duration") == []

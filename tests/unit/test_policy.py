@@ -80,7 +80,7 @@ def test_invalid_measurements_are_dropped_counted_and_nothing_else_lost(configur
         ),
         (
             lambda: RetryMetrics().record_attempt("api", "op", 0),
-            r"attempt=0 is invalid: must be an integer >= 1",
+            r"attempt=0 is invalid: must be an integer within \[1, 2\*\*53\]",
         ),
         (
             lambda: ServiceMeshMetrics().set_health_status("api", "a", "on fire"),

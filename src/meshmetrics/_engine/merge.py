@@ -1,16 +1,24 @@
-"""Merging meshmetrics' own cells into each reader's export.
+"""Merging meshmetrics' own series into each reader's export.
 
 The SDK calls ``reader._collect(reader, timeout_millis=...)`` to gather a
 collection; meshmetrics wraps that callback on the readers of providers it
-builds, appends its cells as SDK ``Metric`` objects under the ``meshmetrics``
-scope, and lets the reader export as usual. ``tests/unit/test_fast_path.py``
+builds, appends its tables as SDK ``Metric`` objects under the ``meshmetrics``
+scope (each reader with its own temporality, its delta state kept on each
+series), and lets the reader export as usual. ``tests/unit/test_fast_path.py``
 pins this SDK behaviour, so an upgrade that changes it fails loudly.
+
+A point an exporter cannot carry (a value that is not finite, an integer
+beyond an int64) is dropped and counted, so one bad series never stops the
+export of the others.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics._internal.instrument import (
@@ -21,15 +29,22 @@ from opentelemetry.sdk.metrics._internal.instrument import (
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
     MetricReader,
     MetricsData,
+    NumberDataPoint,
     ResourceMetrics,
     ScopeMetrics,
+    Sum,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from meshmetrics._engine.series import Cells, ReaderState
+from meshmetrics._engine import series as _series
+from meshmetrics._engine.series import BUCKETS, IMAX, IMIN, MAX, MIN, SUM, Series, Table
 
 _TEMPORALITY_CLASS = {
     "counter": _Counter,
@@ -37,12 +52,125 @@ _TEMPORALITY_CLASS = {
     "histogram": _Histogram,
     "gauge": _Gauge,
 }
+_DELTA = AggregationTemporality.DELTA
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+_INT64 = 2**63 - 1
+_reader_ids = itertools.count(1)
+
+
+@dataclass
+class ReaderState:
+    """One reader's identity (the key of its delta state on each series) and last collection."""
+
+    id: int = field(default_factory=lambda: next(_reader_ids))
+    last_collect_ns: int = field(default_factory=time.time_ns)
 
 
 def reader_temporality(reader: MetricReader, kind: str) -> AggregationTemporality:
     """The temporality ``reader`` asks for the SDK instrument class of ``kind``."""
     table = reader._instrument_class_temporality  # noqa: SLF001 - read-only, pinned by a test
     return table.get(_TEMPORALITY_CLASS[kind], AggregationTemporality.CUMULATIVE)
+
+
+def _exportable(value: Any) -> bool:
+    if type(value) is int:
+        return -_INT64 <= value <= _INT64
+    return math.isfinite(value)
+
+
+def export(
+    table: Table,
+    reader: ReaderState,
+    temporality: AggregationTemporality,
+    now_ns: int,
+    on_unexportable: Callable[[str], None],
+) -> Metric | None:
+    """``table``'s metric as the reader should see it now, or None if it has no points."""
+    items = table.collect(_series.monotonic())
+    kind = table.kind
+    if kind == "gauge":
+        points: list[Any] = [
+            NumberDataPoint(s.attributes, s.start_ns, now_ns, v) for s, v in items if v is not None
+        ]
+        data: Any = Gauge(points)
+    elif kind == "histogram":
+        points = list(_histogram_points(table, items, reader, temporality, now_ns))
+        data = Histogram(points, temporality)
+    else:
+        points = list(_sum_points(items, reader, temporality, now_ns))
+        data = Sum(points, temporality, is_monotonic=kind == "counter")
+    if any(not _exportable(p.sum if kind == "histogram" else p.value) for p in points):
+        good = [p for p in points if _exportable(p.sum if kind == "histogram" else p.value)]
+        for _ in range(len(points) - len(good)):
+            on_unexportable(table.name)
+        points = good
+        data = type(data)(points) if kind == "gauge" else type(data)(points, *_rest(data))
+    if not points:
+        return None
+    return Metric(table.name, table.definition.brief, table.definition.unit, data)
+
+
+def _rest(data: Any) -> tuple[Any, ...]:
+    if isinstance(data, Sum):
+        return (data.aggregation_temporality, data.is_monotonic)
+    return (data.aggregation_temporality,)
+
+
+def _sum_points(
+    items: Iterable[tuple[Series, Any]],
+    reader: ReaderState,
+    temporality: AggregationTemporality,
+    now_ns: int,
+) -> Iterable[NumberDataPoint]:
+    for series, value in items:
+        if temporality is _CUMULATIVE:
+            yield NumberDataPoint(series.attributes, series.start_ns, now_ns, value)
+            continue
+        previous = series.sent.get(reader.id)  # None: this reader's first look at this series
+        series.sent[reader.id] = value
+        if value != (previous or 0):  # idle series send nothing under delta, as on the SDK path
+            start = max(reader.last_collect_ns, series.start_ns)
+            yield NumberDataPoint(series.attributes, start, now_ns, value - (previous or 0))
+
+
+def _histogram_points(
+    table: Table,
+    items: Iterable[tuple[Series, Any]],
+    reader: ReaderState,
+    temporality: AggregationTemporality,
+    now_ns: int,
+) -> Iterable[HistogramDataPoint]:
+    bounds = table.bounds
+    for series, cell in items:
+        buckets = cell[BUCKETS:]
+        count, total, low, high = sum(buckets), cell[SUM], cell[MIN], cell[MAX]
+        start = series.start_ns
+        if temporality is _DELTA:
+            previous = series.sent.get(reader.id)
+            series.sent[reader.id] = cell
+            series.reset_interval_extremes()  # extremes since the previous delta export
+            if previous is not None:
+                before = previous[BUCKETS:]
+                if before == buckets:
+                    continue
+                buckets = [now - then for now, then in zip(buckets, before, strict=True)]
+                count, total = sum(buckets), total - previous[SUM]
+            if cell[IMIN] <= cell[IMAX]:  # else a record raced the reset: keep the lifetime extremes
+                low, high = cell[IMIN], cell[IMAX]
+            start = max(reader.last_collect_ns, series.start_ns)
+        if count == 0:
+            continue
+        yield HistogramDataPoint(
+            attributes=series.attributes,
+            start_time_unix_nano=start,
+            time_unix_nano=now_ns,
+            count=count,
+            sum=total,
+            bucket_counts=buckets,
+            explicit_bounds=bounds,
+            min=low,
+            max=high,
+        )
 
 
 def _merged(
@@ -69,11 +197,12 @@ def _merged(
 
 def attach(
     reader: MetricReader,
-    cells: Callable[[], Iterable[Cells]],
+    tables: Callable[[], Iterable[Table]],
     resource: Resource,
     scope: InstrumentationScope,
+    on_unexportable: Callable[[str], None],
 ) -> None:
-    """Make ``reader`` export the cells alongside what the SDK collected."""
+    """Make ``reader`` export the tables alongside what the SDK collected."""
     # The SDK annotates _collect loosely (and wrongly); it is called as
     # _collect(reader, timeout_millis=...) and returns MetricsData or None.
     original: Any = reader._collect  # noqa: SLF001 - set by MeterProvider; pinned by a test
@@ -85,8 +214,8 @@ def attach(
         data = original(target, timeout_millis=timeout_millis)
         now_ns = time.time_ns()
         metrics = []
-        for store in cells():
-            metric = store.export(state, reader_temporality(target, store.kind), now_ns)
+        for table in tables():
+            metric = export(table, state, reader_temporality(target, table.kind), now_ns, on_unexportable)
             if metric is not None:
                 metrics.append(metric)
         state.last_collect_ns = now_ns

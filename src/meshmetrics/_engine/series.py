@@ -1,387 +1,416 @@
-"""Facade-owned aggregation: meshmetrics' own counters, gauges and histograms (the hot path).
+"""Series: everything about one exported series in one object, and the table of a metric's series.
 
-The facades know their attribute sets are small closed tuples, so the work the
-SDK does per measurement (copying, filtering and hashing an attribute dict, once
-per reader) is done once per distinct tuple (by the policy cache), and a
-measurement is one dict update in the calling thread's own shard, under a lock
-only the collector ever contends for. (A single shared lock convoys under the
-GIL: measured 15x slower per call with 8 threads.) At collection the shards are
-merged and become the SDK's public data types, merged into every reader's
-export (see ``_merge``) with each reader's temporality.
+A :class:`Series` owns its attributes, its place in the metric's budgets, its
+values (one cell per recording thread, written only by that thread, so the
+hot path takes no lock) and what each reader was sent last. Ending a series
+ends all of it at once: it leaves the :class:`Table`'s lookups and budgets in
+one critical section, and its values and delta state go with the object.
+A series that comes back later is a new series, with a new start time, whose
+first delta is its whole value.
 
-Series can end: :meth:`Cells.remove` drops series at once (a deregistered
-instance), and series idle longer than ``series_ttl`` stop being exported and
-resume at their cumulative value if used again (up to ``DORMANT_LIMIT`` of them).
+A :class:`Table` finds the series of a raw attribute tuple: one dict lookup
+on the hot path (raw tuples of short plain strings that no policy folded);
+otherwise the policy sanitises them into labels and the table applies the
+metric's budgets (a live-series count per bounded value, so freeing a place
+rescans nothing) and its series limit, creating and publishing a new series
+under the table's lock.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Gauge,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    NumberDataPoint,
-    Sum,
-)
+from meshmetrics._definitions import OTHER, MetricDefinition
+from meshmetrics._policy.core import Labels, Policy
 
-from meshmetrics._definitions import MetricDefinition
-
-Key = tuple[Any, ...]
-OVERFLOW_KEY: Key = ("otel.metric.overflow",)
 OVERFLOW_ATTRIBUTES: Mapping[str, Any] = {"otel.metric.overflow": True}
+OVERFLOW_LABELS: tuple[str, ...] = ("otel.metric.overflow",)
 DORMANT_LIMIT = 10_000
-_DELTA = AggregationTemporality.DELTA
-_CUMULATIVE = AggregationTemporality.CUMULATIVE
-# A histogram cell: count, sum, lifetime min, max, min and max since the last
-# delta export, then one count per bucket.
-_COUNT, _SUM, _MIN, _MAX, _IMIN, _IMAX, _BUCKETS = range(7)
+"""Series put to sleep by ``series_ttl`` that are remembered (oldest forgotten first)."""
+CACHE_LIMIT = 8192
+"""Raw attribute tuples remembered per metric for the one-lookup hot path."""
+
+# A histogram cell: sum, lifetime min and max, min and max since the last delta
+# export, then one count per bucket. The count is the sum of the buckets, so a
+# collection that reads a cell while its thread records never sees them disagree.
+SUM, MIN, MAX, IMIN, IMAX, BUCKETS = range(6)
+monotonic = time.monotonic  # the clock of idleness (tests replace it)
+_RETIRED = 0  # the slot that keeps what finished threads recorded (written by collections only)
 
 
-def _new_histogram(buckets: int) -> list[Any]:
-    return [0, 0.0, math.inf, -math.inf, math.inf, -math.inf] + [0] * buckets
+class _ThreadSlot(threading.local):
+    slot: int
 
 
-def _merge_value(kind: str, into: Any, value: Any) -> Any:
-    if into is None:
-        return list(value) if isinstance(value, list) else value
-    if kind != "histogram":
-        return into + value
-    into[_COUNT] += value[_COUNT]
-    into[_SUM] += value[_SUM]
-    into[_MIN] = min(into[_MIN], value[_MIN])
-    into[_MAX] = max(into[_MAX], value[_MAX])
-    into[_IMIN] = min(into[_IMIN], value[_IMIN])
-    into[_IMAX] = max(into[_IMAX], value[_IMAX])
-    for index in range(_BUCKETS, len(into)):
-        into[index] += value[index]
-    return into
+_local = _ThreadSlot()
+_next_slot = itertools.count(1)
+_slot_threads: dict[int, threading.Thread] = {}
 
 
-@dataclass
-class _Meta:
-    attributes: Mapping[str, Any]
-    start_ns: int
-    last_change_s: float
-    last_seen: Any = None  # the merged value at the last idleness check
+def _new_slot() -> int:
+    """The calling thread's slot: a number never reused, so a finished thread's cell can be folded."""
+    slot = next(_next_slot)
+    _slot_threads[slot] = threading.current_thread()
+    _local.slot = slot
+    return slot
 
 
-class _Shard:
-    """One thread's values; its lock is contended only by the collector."""
-
-    __slots__ = ("lock", "thread", "values")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values: dict[Key, Any] = {}
-        self.thread = threading.current_thread()
+def live_slots() -> frozenset[int]:
+    """The slots of threads still running (finished threads are forgotten here)."""
+    for slot, thread in list(_slot_threads.items()):
+        if not thread.is_alive():
+            _slot_threads.pop(slot, None)
+    return frozenset(_slot_threads)
 
 
-@dataclass
-class ReaderState:
-    """What one reader was sent last, for delta temporality."""
+def reset_after_fork() -> None:
+    """In a forked child only the forking thread survives; its slot stays valid."""
+    current = threading.current_thread()
+    for slot, thread in list(_slot_threads.items()):
+        if thread is not current:
+            del _slot_threads[slot]
 
-    last_collect_ns: int = field(default_factory=time.time_ns)
-    sent: dict[tuple[str, Key], Any] = field(default_factory=dict)
+
+class Series:
+    """One exported series: attributes, budget place, values and per-reader state."""
+
+    __slots__ = (
+        "aliases",
+        "attributes",
+        "cells",
+        "ended",
+        "labels",
+        "last_change_s",
+        "last_total",
+        "sent",
+        "start_ns",
+        "table",
+    )
+
+    def __init__(self, table: Table, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> None:
+        """A new series of ``table`` with ``attributes`` (exported as they are)."""
+        self.table = table
+        self.labels = labels
+        self.attributes = attributes
+        self.start_ns = time.time_ns()
+        self.cells: dict[int, Any] = {}
+        self.sent: dict[int, Any] = {}  # reader id -> what that reader was last sent (delta)
+        self.aliases: set[tuple[object, ...]] = set()  # raw tuples of the hot-path cache
+        self.ended = False
+        self.last_total: Any = None
+        self.last_change_s = monotonic()
+
+    def add(self, amount: float) -> None:
+        """Counter, up-down counter: add ``amount`` in the calling thread's cell."""
+        try:
+            slot = _local.slot
+        except AttributeError:
+            slot = _new_slot()
+        cells = self.cells
+        cells[slot] = cells.get(slot, 0) + amount
+
+    def set(self, value: float) -> None:
+        """Gauge: the last value set wins, whichever thread set it."""
+        self.cells[_RETIRED] = value
+
+    def record(self, value: float) -> None:
+        """Histogram: count ``value`` in its bucket; track sum, min and max."""
+        try:
+            slot = _local.slot
+        except AttributeError:
+            slot = _new_slot()
+        cell = self.cells.get(slot)
+        if cell is None:
+            cell = self.cells[slot] = self.table.new_cell()
+        cell[SUM] += value
+        if value < cell[MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
+            cell[MIN] = value
+        if value > cell[MAX]:  # noqa: PLR1730
+            cell[MAX] = value
+        if value < cell[IMIN]:  # noqa: PLR1730
+            cell[IMIN] = value
+        if value > cell[IMAX]:  # noqa: PLR1730
+            cell[IMAX] = value
+        cell[BUCKETS + bisect_left(self.table.bounds, value)] += 1
+
+    def total(self, live: frozenset[int] | None = None) -> Any:
+        """The merged value of every cell; with ``live``, finished threads' cells are folded first."""
+        if live is not None:
+            self._fold_finished(live)
+        values = list(self.cells.values())  # one atomic copy; cells are only ever added to
+        kind = self.table.kind
+        if kind == "gauge":
+            return values[0] if values else None
+        if kind != "histogram":
+            return sum(values)
+        merged = self.table.new_cell()
+        for cell in values:
+            merged[SUM] += cell[SUM]
+            merged[MIN] = min(merged[MIN], cell[MIN])
+            merged[MAX] = max(merged[MAX], cell[MAX])
+            merged[IMIN] = min(merged[IMIN], cell[IMIN])
+            merged[IMAX] = max(merged[IMAX], cell[IMAX])
+            for index in range(BUCKETS, len(merged)):
+                merged[index] += cell[index]
+        return merged
+
+    def _fold_finished(self, live: frozenset[int]) -> None:
+        """Fold finished threads' cells into the retired slot (collections only, under the table lock)."""
+        cells = self.cells
+        if self.table.kind == "gauge" or all(slot in live or slot == _RETIRED for slot in list(cells)):
+            return
+        for slot in [s for s in list(cells) if s != _RETIRED and s not in live]:
+            cell = cells.pop(slot)
+            retired = cells.get(_RETIRED)
+            if self.table.kind != "histogram":
+                cells[_RETIRED] = (retired or 0) + cell
+            elif retired is None:
+                cells[_RETIRED] = cell
+            else:
+                retired[SUM] += cell[SUM]
+                retired[MIN], retired[MAX] = min(retired[MIN], cell[MIN]), max(retired[MAX], cell[MAX])
+                retired[IMIN], retired[IMAX] = min(retired[IMIN], cell[IMIN]), max(retired[IMAX], cell[IMAX])
+                for index in range(BUCKETS, len(retired)):
+                    retired[index] += cell[index]
+
+    def reset_interval_extremes(self) -> None:
+        """Start a new delta interval for min and max (shared by every delta reader)."""
+        for cell in list(self.cells.values()):
+            cell[IMIN], cell[IMAX] = math.inf, -math.inf
 
 
-class Cells:
-    """The series of one metric.
+class SdkSeries(Series):
+    """A series recorded on a plain SDK instrument (a user View, ``meter_provider=``, ``fast_path=False``).
 
-    Counters, up-down counters and histograms accumulate in per-thread shards;
-    gauges (last value wins across threads) live in ``base`` under ``lock``.
+    The SDK aggregates and exports it; counters also keep their own count, so
+    the load-imbalance gauge reads the same totals on both paths.
     """
+
+    __slots__ = ("instrument",)
+
+    def __init__(
+        self, table: Table, labels: tuple[str, ...], attributes: Mapping[str, Any], instrument: Any
+    ) -> None:
+        """A series whose measurements go to ``instrument`` with ``attributes``."""
+        super().__init__(table, labels, attributes)
+        self.instrument = instrument
+
+    def add(self, amount: float) -> None:
+        """Add on the SDK instrument (and to the own count)."""
+        self.instrument.add(amount, self.attributes)
+        super().add(amount)
+
+    def set(self, value: float) -> None:
+        """Set the SDK gauge."""
+        self.instrument.set(value, self.attributes)
+
+    def record(self, value: float) -> None:
+        """Record on the SDK histogram."""
+        self.instrument.record(value, self.attributes)
+
+
+class Table:
+    """The series of one metric in one runtime, and the budgets of its bounded attributes."""
 
     def __init__(
         self,
         definition: MetricDefinition,
+        policy: Policy,
         *,
-        on_series_removed: Callable[[str, Mapping[str, Any]], None] = lambda _m, _a: None,
+        sdk_instrument: Any = None,
         series_ttl_s: float = 0.0,
+        count_folds: bool = True,
     ) -> None:
-        """Hold the series of ``definition`` (its kind decides add/set/record).
+        """Hold the series of ``definition``; with ``sdk_instrument`` they record on the SDK instead.
 
-        With ``series_ttl_s`` > 0, series idle that long stop being exported.
+        On the SDK path the SDK's View applies the series limit, and series
+        cannot end (the SDK keeps every series it has seen).
         """
         self.definition = definition
         self.name = definition.name
         self.kind = definition.instrument
-        self.limit = definition.cardinality_limit
         self.bounds = tuple(definition.buckets)
-        self.lock = threading.Lock()  # meta, base, dormant and the shard list
-        self.meta: dict[Key, _Meta] = {}
-        self.base: dict[Key, Any] = {}  # gauges, and what dead threads' shards held
-        self.dormant: OrderedDict[Key, tuple[Any, _Meta]] = OrderedDict()
-        self._shards: list[_Shard] = []
-        self._local = threading.local()
-        self._on_series_removed = on_series_removed
+        self.policy = policy
+        self.sdk_instrument = sdk_instrument
+        self.limit = definition.cardinality_limit if sdk_instrument is None else math.inf
         self.series_ttl_s = series_ttl_s
+        self.count_folds = count_folds
+        self.lock = threading.Lock()  # publishing, ending, budgets, and one collection at a time
+        self.cache: dict[tuple[object, ...], Series] = {}  # raw tuple -> series: the hot path
+        self.by_labels: dict[tuple[str, ...], Series] = {}  # the live series
+        self.budgets: dict[str, dict[str, int]] = {}  # bounded attribute -> value -> live series holding it
+        self.dormant: OrderedDict[tuple[str, ...], Series] = OrderedDict()
+        self.on_first_end: Callable[[str], None] = lambda _metric: None
 
-    def _shard(self) -> _Shard:
-        shard = _Shard()
+    def new_cell(self) -> list[Any]:
+        """An empty histogram cell."""
+        return [0.0, math.inf, -math.inf, math.inf, -math.inf] + [0] * (len(self.bounds) + 1)
+
+    # Finding a series (the slow path: the first use of a raw tuple, or a folded one).
+    def find(self, values: tuple[object, ...]) -> Series | None:
+        """The live series for raw ``values``, published if new; None if the policy rejected them."""
+        labels = self.policy.labels(self.definition, values)
+        if labels is None:
+            return None
+        folded = list(labels.folded)
+        key = self._within_budgets(labels, folded)
+        series = self.by_labels.get(key)
+        if series is None:
+            if len(self.by_labels) >= self.limit and key not in self.dormant:
+                series = self.by_labels.get(OVERFLOW_LABELS)  # over the limit: no lock per call
+            if series is None:
+                series = self._publish(values, labels, key, folded)
+        elif not folded and labels.raw_cacheable:
+            self._alias(values, series)
+        if folded and self.count_folds:
+            for attribute in folded:
+                self.policy.folded(self.name, attribute, self._limit_of(labels, attribute))
+        return series
+
+    def _limit_of(self, labels: Labels, attribute: str) -> int:
+        for position, limit in labels.bounded:
+            if labels.keys[position] == attribute:
+                return limit
+        return 0
+
+    def _within_budgets(self, labels: Labels, folded: list[str]) -> tuple[str, ...]:
+        """The labels with every value over its budget folded into ``_OTHER`` (read without the lock)."""
+        if not labels.bounded:
+            return labels.values
+        values = list(labels.values)
+        for position, limit in labels.bounded:
+            held = self.budgets.get(labels.keys[position])
+            value = values[position]
+            if held is not None and value not in held and len(held) >= limit:
+                values[position] = OTHER
+                folded.append(labels.keys[position])
+        return tuple(values)
+
+    def _publish(
+        self, raw: tuple[object, ...], labels: Labels, key: tuple[str, ...], folded: list[str]
+    ) -> Series:
+        """Under the lock: the live series of ``key``, created (or woken) and published if needed."""
         with self.lock:
-            self._shards.append(shard)
-        self._local.shard = shard
-        return shard
+            series = self.by_labels.get(key)
+            if series is None and folded != list(labels.folded):  # folded by a budget: re-check
+                folded[:] = labels.folded
+                key = self._within_budgets(labels, folded)
+                series = self.by_labels.get(key)
+            if series is None:
+                series = self.dormant.pop(key, None)
+                if series is not None:
+                    series.ended = False
+                elif len(self.by_labels) >= self.limit:
+                    return self._overflow()
+                else:
+                    series = self._new_series(key, dict(zip(labels.keys, key, strict=True)))
+                self.by_labels[key] = series
+                for position, _ in labels.bounded:
+                    if key[position] != OTHER:  # _OTHER takes no place in a budget
+                        held = self.budgets.setdefault(labels.keys[position], {})
+                        held[key[position]] = held.get(key[position], 0) + 1
+            if not folded and labels.raw_cacheable:
+                self._alias_locked(raw, series)
+            return series
 
-    def _resolve(self, key: Key, attributes: Mapping[str, Any]) -> tuple[Key, Any]:
-        """Must hold ``self.lock``: the series key to use, and a dormant value to resume from."""
-        if key in self.meta:
-            return key, None
-        if key in self.dormant:  # a series used again resumes where it stopped
-            value, meta = self.dormant.pop(key)
-            self.meta[key] = meta
-            return key, value
-        if len(self.meta) >= self.limit:
-            key, attributes = OVERFLOW_KEY, OVERFLOW_ATTRIBUTES
-            if key in self.meta:
-                return key, None
-        self.meta[key] = _Meta(attributes, time.time_ns(), time.monotonic())
-        return key, None
+    def _new_series(self, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> Series:
+        if self.sdk_instrument is not None:
+            return SdkSeries(self, labels, attributes, self.sdk_instrument)
+        return Series(self, labels, attributes)
 
-    # The hot path: the calling thread's shard, one dict lookup.
-    def add(self, amount: float, key: Key, attributes: Mapping[str, Any]) -> None:
-        """Counter / up-down counter: add ``amount``."""
-        try:
-            shard = self._local.shard
-        except AttributeError:
-            shard = self._shard()
-        lock = shard.lock
-        lock.acquire()  # explicit acquire/release: measured ~100 ns cheaper than `with` here
-        try:
-            values = shard.values
-            value = values.get(key)
-            if value is not None:
-                values[key] = value + amount
-                return
-        finally:
-            lock.release()
+    def _overflow(self) -> Series:
+        """Must hold the lock: the one series beyond the limit, as the SDK names it."""
+        series = self.by_labels.get(OVERFLOW_LABELS)
+        if series is None:
+            series = self.by_labels[OVERFLOW_LABELS] = self._new_series(OVERFLOW_LABELS, OVERFLOW_ATTRIBUTES)
+        return series
+
+    def _alias(self, raw: tuple[object, ...], series: Series) -> None:
         with self.lock:
-            key, resumed = self._resolve(key, attributes)
-        with shard.lock:
-            shard.values[key] = shard.values.get(key, 0) + (resumed or 0) + amount
+            self._alias_locked(raw, series)
 
-    def set(self, value: float, key: Key, attributes: Mapping[str, Any]) -> None:
-        """Gauge: set the current value."""
-        with self.lock:
-            if key not in self.meta:
-                key, _ = self._resolve(key, attributes)
-            self.base[key] = value
+    def _alias_locked(self, raw: tuple[object, ...], series: Series) -> None:
+        if series.ended:
+            return  # ended since it was looked up: the next call finds its successor
+        if len(self.cache) >= CACHE_LIMIT:
+            self.cache.clear()
+            for live in self.by_labels.values():
+                live.aliases.clear()
+        self.cache[raw] = series
+        series.aliases.add(raw)
 
-    def record(self, value: float, key: Key, attributes: Mapping[str, Any]) -> None:
-        """Histogram: count ``value`` in its bucket; track count, sum, min, max."""
-        index = _BUCKETS + bisect_left(self.bounds, value)
-        try:
-            shard = self._local.shard
-        except AttributeError:
-            shard = self._shard()
-        lock = shard.lock
-        lock.acquire()  # explicit acquire/release: cheaper than `with` on the hot path
-        try:
-            cell = shard.values.get(key)
-            if cell is not None:
-                cell[_COUNT] += 1
-                cell[_SUM] += value
-                if value < cell[_MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
-                    cell[_MIN] = value
-                if value > cell[_MAX]:  # noqa: PLR1730
-                    cell[_MAX] = value
-                if value < cell[_IMIN]:  # noqa: PLR1730
-                    cell[_IMIN] = value
-                if value > cell[_IMAX]:  # noqa: PLR1730
-                    cell[_IMAX] = value
-                cell[index] += 1
-                return
-        finally:
-            lock.release()
+    # Ending series.
+    def remove(self, matches: Callable[[Mapping[str, Any]], bool]) -> int:
+        """End every live (or sleeping) series whose attributes match; returns how many ended."""
+        if self.sdk_instrument is not None:
+            self.on_first_end(self.name)
+            return 0
         with self.lock:
-            key, resumed = self._resolve(key, attributes)
-        with shard.lock:
-            cell = shard.values.get(key)
-            if cell is None:
-                cell = shard.values[key] = resumed or _new_histogram(len(self.bounds) + 1)
-            _merge_value(
-                "histogram", cell, [1, value, value, value, value, value] + [0] * (len(cell) - _BUCKETS)
-            )
-            cell[index] += 1
+            ending = [
+                s for s in self.by_labels.values() if s.labels != OVERFLOW_LABELS and matches(s.attributes)
+            ]
+            for series in ending:
+                self._unpublish(series)
+            for key in [k for k, s in self.dormant.items() if matches(s.attributes)]:
+                del self.dormant[key]
+        return len(ending)
+
+    def _unpublish(self, series: Series) -> None:
+        """Must hold the lock: take ``series`` out of every lookup and give its budget places back."""
+        series.ended = True
+        del self.by_labels[series.labels]
+        for raw in series.aliases:
+            if self.cache.get(raw) is series:
+                del self.cache[raw]
+        series.aliases.clear()
+        for attribute, held in self.budgets.items():
+            value = series.attributes.get(attribute)
+            count = held.get(value) if isinstance(value, str) else None
+            if count is None or not isinstance(value, str):
+                continue
+            if count <= 1:
+                del held[value]  # its last live series ended: the place is free
+            else:
+                held[value] = count - 1
 
     # Reading.
-    def snapshot(self) -> dict[Key, Any]:
-        """Every live series' merged value (dead threads' shards are folded into ``base``)."""
+    def collect(self, now_s: float) -> list[tuple[Series, Any]]:
+        """Every live series with its merged value; idle series past the TTL go to sleep first."""
+        live = live_slots()
         with self.lock:
-            merged = {key: _merge_value(self.kind, None, value) for key, value in self.base.items()}
-            alive = []
-            for shard in self._shards:
-                with shard.lock:
-                    copied = {k: (list(v) if isinstance(v, list) else v) for k, v in shard.values.items()}
-                    if not shard.thread.is_alive():
-                        shard.values.clear()
-                if shard.thread.is_alive():
-                    alive.append(shard)
-                else:
-                    for key, value in copied.items():
-                        self.base[key] = _merge_value(self.kind, self.base.get(key), value)
-                for key, value in copied.items():
-                    merged[key] = _merge_value(self.kind, merged.get(key), value)
-            self._shards = alive
-            return {key: value for key, value in merged.items() if key in self.meta}
+            items = [(series, series.total(live)) for series in list(self.by_labels.values())]
+            if self.series_ttl_s > 0:
+                items = self._expire_idle(items, now_s)
+        return items
 
-    def attributes_of(self, key: Key) -> Mapping[str, Any] | None:
-        """The attributes of a live series."""
-        meta = self.meta.get(key)
-        return None if meta is None else meta.attributes
-
-    # Series that end.
-    def _drop(self, keys: Iterable[Key]) -> dict[Key, Any]:
-        """Must hold ``self.lock``: remove ``keys`` everywhere, returning their merged values."""
-        dropped: dict[Key, Any] = {}
-        keys = set(keys)
-        for key in keys:
-            if key in self.base:
-                dropped[key] = _merge_value(self.kind, None, self.base.pop(key))
-        for shard in self._shards:
-            with shard.lock:
-                for key in keys:
-                    value = shard.values.pop(key, None)
-                    if value is not None:
-                        dropped[key] = _merge_value(self.kind, dropped.get(key), value)
-        return dropped
-
-    def remove(self, matches: Callable[[Mapping[str, Any]], bool]) -> int:
-        """Drop every series whose attributes match, at once; returns how many."""
+    def totals(self) -> list[tuple[Mapping[str, Any], Any]]:
+        """Attributes and merged value of every live series (for derived gauges)."""
         with self.lock:
-            keys = [
-                key for key, meta in self.meta.items() if key != OVERFLOW_KEY and matches(meta.attributes)
-            ]
-            removed = [self.meta.pop(key).attributes for key in keys]
-            self._drop(keys)
-            for key, (_, meta) in list(self.dormant.items()):
-                if matches(meta.attributes):
-                    del self.dormant[key]
-        for attributes in removed:
-            self._on_series_removed(self.name, attributes)
-        return len(removed)
+            return [(series.attributes, series.total()) for series in list(self.by_labels.values())]
 
-    def _expire_idle(self, values: dict[Key, Any], now_s: float) -> dict[Key, Any]:
-        """Put series unchanged for ``series_ttl_s`` to sleep (resumed if used again).
-
-        Returns ``values`` without them.
-        """
-        ttl_s = self.series_ttl_s
-        expired = []
-        with self.lock:
-            idle = []
-            for key, value in values.items():
-                meta = self.meta.get(key)
-                if meta is None:  # removed since the snapshot
-                    continue
-                if value != meta.last_seen:
-                    meta.last_seen, meta.last_change_s = value, now_s
-                elif now_s - meta.last_change_s >= ttl_s:
-                    idle.append(key)
-            dropped = self._drop(idle)
-            for key in idle:
-                meta = self.meta.pop(key)
-                expired.append(meta.attributes)
+    def _expire_idle(self, items: list[tuple[Series, Any]], now_s: float) -> list[tuple[Series, Any]]:
+        """Must hold the lock: put series unchanged for ``series_ttl_s`` to sleep (woken if used again)."""
+        kept = []
+        for series, value in items:
+            if value != series.last_total:
+                series.last_total, series.last_change_s = value, now_s
+            elif now_s - series.last_change_s >= self.series_ttl_s and series.labels != OVERFLOW_LABELS:
+                self._unpublish(series)
                 if self.kind != "gauge":  # cumulative state survives the pause
-                    self.dormant[key] = (dropped.get(key), meta)
+                    self.dormant[series.labels] = series
                     while len(self.dormant) > DORMANT_LIMIT:
                         self.dormant.popitem(last=False)
-        for attributes in expired:
-            self._on_series_removed(self.name, attributes)
-        return {key: value for key, value in values.items() if key in self.meta}
-
-    # Collection.
-    def export(self, reader: ReaderState, temporality: AggregationTemporality, now_ns: int) -> Metric | None:
-        """The metric as the reader should see it now, or None if it has no points."""
-        values = self.snapshot()
-        if self.series_ttl_s > 0:
-            values = self._expire_idle(values, time.monotonic())
-        with self.lock:
-            items = [(key, value, self.meta[key]) for key, value in values.items() if key in self.meta]
-        if self.kind == "gauge":
-            points: list[Any] = [
-                NumberDataPoint(meta.attributes, meta.start_ns, now_ns, v) for _, v, meta in items
-            ]
-            data: Any = Gauge(points)
-        elif self.kind == "histogram":
-            points = list(self._histogram_points(items, reader, temporality, now_ns))
-            data = Histogram(points, temporality)
-        else:
-            points = list(self._sum_points(items, reader, temporality, now_ns))
-            data = Sum(points, temporality, is_monotonic=self.kind == "counter")
-        if not points:
-            return None
-        return Metric(self.name, self.definition.brief, self.definition.unit, data)
-
-    def _sum_points(
-        self,
-        items: Iterable[tuple[Key, Any, _Meta]],
-        reader: ReaderState,
-        temporality: AggregationTemporality,
-        now_ns: int,
-    ) -> Iterable[NumberDataPoint]:
-        for key, value, meta in items:
-            if temporality is _CUMULATIVE:
-                yield NumberDataPoint(meta.attributes, meta.start_ns, now_ns, value)
                 continue
-            previous = reader.sent.get((self.name, key), 0)
-            reader.sent[(self.name, key)] = value
-            if value != previous:  # idle series send nothing under delta, as on the SDK path
-                start = max(reader.last_collect_ns, meta.start_ns)
-                yield NumberDataPoint(meta.attributes, start, now_ns, value - previous)
+            kept.append((series, value))
+        return kept
 
-    def _reset_interval_extremes(self) -> None:
-        with self.lock:
-            for shard in self._shards:
-                with shard.lock:
-                    for cell in shard.values.values():
-                        cell[_IMIN], cell[_IMAX] = math.inf, -math.inf
-            for cell in self.base.values():
-                cell[_IMIN], cell[_IMAX] = math.inf, -math.inf
-
-    def _histogram_points(
-        self,
-        items: Iterable[tuple[Key, Any, _Meta]],
-        reader: ReaderState,
-        temporality: AggregationTemporality,
-        now_ns: int,
-    ) -> Iterable[HistogramDataPoint]:
-        if temporality is _DELTA:
-            # extremes since the previous delta export (shared if several delta readers)
-            self._reset_interval_extremes()
-        for key, cell, meta in items:
-            count, total, low, high = cell[_COUNT], cell[_SUM], cell[_MIN], cell[_MAX]
-            buckets = cell[_BUCKETS:]
-            start = meta.start_ns
-            if temporality is _DELTA:
-                previous = reader.sent.get((self.name, key))
-                reader.sent[(self.name, key)] = cell
-                if previous is not None:
-                    if previous[_COUNT] == count:
-                        continue
-                    count, total = count - previous[_COUNT], total - previous[_SUM]
-                    buckets = [now - before for now, before in zip(buckets, previous[_BUCKETS:], strict=True)]
-                low, high = cell[_IMIN], cell[_IMAX]
-                start = max(reader.last_collect_ns, meta.start_ns)
-            yield HistogramDataPoint(
-                attributes=meta.attributes,
-                start_time_unix_nano=start,
-                time_unix_nano=now_ns,
-                count=count,
-                sum=total,
-                bucket_counts=buckets,
-                explicit_bounds=self.bounds,
-                min=low,
-                max=high,
-            )
+    def series(self) -> Iterable[Series]:
+        """The live series (a copy)."""
+        return list(self.by_labels.values())

@@ -8,19 +8,17 @@ or raises ``ValueError`` naming the field, value and rule (strict).
 from __future__ import annotations
 
 import math
-import threading
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from meshmetrics import semconv
-from meshmetrics._definitions import AttributeDefinition, MetricDefinition
+from meshmetrics._definitions import OTHER, AttributeDefinition, MetricDefinition
 from meshmetrics._log import RateLimitedLog
 from meshmetrics._policy.sanitize import NotALabelError, to_label
 
-OTHER = "_OTHER"
-_CACHE_LIMIT = 8192
+MAX_COUNT = 2**53
+"""The largest integer a count or value may be: exact in a double (Prometheus) and an int64 (OTLP)."""
 
 
 class InvalidMeasurement(ValueError):  # noqa: N818 - it *is* a ValueError, named for what it means
@@ -28,9 +26,7 @@ class InvalidMeasurement(ValueError):  # noqa: N818 - it *is* a ValueError, name
 
     def __init__(self, metric: str, field: str, value: object, rule: str, reason: str) -> None:
         """Describe the broken rule: which metric, which field, the value, the rule."""
-        shown = repr(value)
-        if len(shown) > 80:  # noqa: PLR2004 - keep messages readable
-            shown = shown[:77] + "..."
+        shown = _shown(value)
         super().__init__(f"{metric}: {field}={shown} is invalid: {rule}")
         self.metric = metric
         self.field = field
@@ -69,20 +65,46 @@ def unbounded() -> AttributePolicy:
     return AttributePolicy("unbounded")
 
 
-@dataclass(slots=True)
-class Prepared:
-    """A validated, sanitised, folded attribute set, and its hashable key."""
+class Unclassifiable:
+    """A caller's value that could not even be classified (its ``__str__``, ``__bool__`` ... raised).
 
-    attributes: dict[str, str]
+    Facades put it where the label would go; the policy rejects it, with the
+    original exception as the cause in strict mode.
+    """
+
+    __slots__ = ("cause",)
+
+    def __init__(self, cause: BaseException) -> None:
+        """Remember why classification failed."""
+        self.cause = cause
+
+    def __repr__(self) -> str:
+        """Name the failure, not the value (which may not print)."""
+        return f"<unclassifiable: {type(self.cause).__name__}>"
+
+
+@dataclass(slots=True, frozen=True)
+class Labels:
+    """A validated, sanitised attribute set, before the per-metric budgets apply.
+
+    ``values`` are the exported label values of ``keys`` (normalised, enum values
+    folded, hashed values mapped); ``bounded`` lists the position and limit of
+    every attribute whose distinct values are budgeted; ``folded`` the keys an
+    enum folded into ``_OTHER``; ``raw_cacheable`` whether the raw tuple that
+    produced it may key the hot-path cache (short plain strings only, so the
+    cache costs what the exported labels cost and ``True``, ``1`` and ``1.0``
+    never share an entry).
+    """
+
+    keys: tuple[str, ...]
+    values: tuple[str, ...]
     folded: tuple[str, ...]
-    key: tuple[str, ...]
-    # the runtime's instrument for the metric, cached by the facade on first use
-    # (a Prepared belongs to one runtime's policy, so it is always the same one)
-    instrument: Any = None
+    bounded: tuple[tuple[int, int], ...]
+    raw_cacheable: bool
 
 
 class Policy:
-    """Validates measurements and prepares attribute sets for one configured runtime."""
+    """Validates measurements and turns raw attribute tuples into :class:`Labels`."""
 
     def __init__(
         self,
@@ -106,18 +128,22 @@ class Policy:
         self.max_label_length = max_label_length
         self._on_rejected = on_rejected
         self._on_folded = on_folded
-        # metric name -> raw value tuple -> Prepared; facades read it directly on the hot path
-        self.cache: dict[str, dict[tuple[object, ...], Prepared]] = {}
-        self._seen: dict[tuple[str, str], set[str]] = {}
-        self._lock = threading.Lock()
         self._log = RateLimitedLog()
 
     # Rejection.
-    def reject(self, metric: str, field: str, value: object, rule: str, reason: str) -> None:
+    def reject(
+        self,
+        metric: str,
+        field: str,
+        value: object,
+        rule: str,
+        reason: str,
+        *,
+        cause: BaseException | None = None,
+    ) -> None:
         """Drop a measurement: raise in strict mode, else count and log (rate-limited)."""
-        error = InvalidMeasurement(metric, field, value, rule, reason)
         if self.strict:
-            raise error
+            raise InvalidMeasurement(metric, field, value, rule, reason) from cause
         self._on_rejected(metric, reason)
         self._log.warning(
             (metric, reason, field),
@@ -136,6 +162,18 @@ class Policy:
             "meshmetrics_internal_error",
             metric=metric,
             error=type(error).__name__,
+        )
+
+    def folded(self, metric: str, key: str, limit: int) -> None:
+        """Count a value folded into ``_OTHER`` by a budget, and say so (rate-limited)."""
+        self._on_folded(metric, key)
+        self._log.warning(
+            (metric, key, "overflow"),
+            "meshmetrics_attribute_budget_exceeded",
+            metric=metric,
+            attribute=key,
+            limit=limit,
+            folded_into=OTHER,
         )
 
     # Measured values.
@@ -160,61 +198,42 @@ class Policy:
         return number
 
     def count(self, metric: str, field: str, value: object, minimum: int = 0) -> int | None:
-        """An integer count >= ``minimum`` (bools are not counts)."""
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.reject(metric, field, value, f"must be an integer >= {minimum}", "invalid_value")
-            return None
-        if value < minimum:
-            self.reject(metric, field, value, f"must be an integer >= {minimum}", "invalid_value")
+        """An integer count within [``minimum``, 2**53] (exact in a double and an int64; not a bool)."""
+        if type(value) is not int or not minimum <= value <= MAX_COUNT:
+            rule = f"must be an integer within [{minimum}, 2**53]"
+            self.reject(metric, field, value, rule, "invalid_value")
             return None
         return value
 
     def _real(self, metric: str, field: str, value: object) -> float | None:
+        if type(value) is float:
+            return value
+        rule = "must be a real number (a float, or an int within 2**53)"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.reject(metric, field, value, "must be a real number", "invalid_value")
+            self.reject(metric, field, value, rule, "invalid_value")
+            return None
+        if isinstance(value, int) and not -MAX_COUNT <= value <= MAX_COUNT:
+            self.reject(metric, field, value, rule, "invalid_value")
             return None
         try:
-            return float(value)
-        except OverflowError:
-            self.reject(metric, field, value, "is too large", "invalid_value")
+            return float(value)  # a numpy float is a float subclass; its __float__ may be anything
+        except Exception as error:
+            self.reject(metric, field, value, rule, "invalid_value", cause=error)
             return None
 
     # Attribute sets.
-    def prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
-        """Validate and fold ``values`` (in the metric's declared order); None if rejected.
+    def labels(self, metric: MetricDefinition, values: tuple[object, ...]) -> Labels | None:
+        """Validate, sanitise and fold ``values`` (in the metric's declared order); None if rejected.
 
         ``None`` values of attributes that are not required are left out, and so
-        are attributes the detail profile drops. Cached per distinct tuple: the
-        hot path is one dict lookup.
+        are attributes the detail profile drops. Budgets (``bounded``) are applied
+        by the engine, which knows which values live series hold.
         """
-        prepared: Prepared | None
-        try:
-            prepared = self.cache[metric.name][values]
-        except (KeyError, TypeError):
-            prepared = self._prepare_and_cache(metric, values)
-            if prepared is None:
-                return None
-        if prepared.folded:
-            for key in prepared.folded:
-                self._on_folded(metric.name, key)
-        return prepared
-
-    def _prepare_and_cache(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
-        prepared = self._prepare(metric, values)
-        if prepared is None:
-            return None  # rejections are not cached: each one is counted
-        cache = self.cache.setdefault(metric.name, {})
-        try:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            cache[values] = prepared
-        except TypeError:  # an unhashable value: prepared, not cached
-            pass
-        return prepared
-
-    def _prepare(self, metric: MetricDefinition, values: tuple[object, ...]) -> Prepared | None:
-        attributes: dict[str, str] = {}
+        keys: list[str] = []
+        labels: list[str] = []
         folded: list[str] = []
+        bounded: list[tuple[int, int]] = []
+        cacheable = True
         kept = self._kept.get(metric.name)
         for use, raw in zip(metric.attributes, values, strict=True):
             if kept is not None and use.key not in kept:
@@ -224,68 +243,63 @@ class Policy:
                     self.reject(metric.name, use.key, raw, "is required", "invalid_attribute")
                     return None
                 continue
+            if type(raw) is not str or len(raw) > self.max_label_length:
+                cacheable = False
+            label = self._label(metric.name, use.key, raw)
             definition = semconv.ATTRIBUTES[use.key]
-            try:
-                label = to_label(raw, self.max_label_length)
-            except NotALabelError:
-                self.reject(
-                    metric.name, use.key, raw, "must be a string, bytes, int or enum", "invalid_attribute"
-                )
+            kind, limit = self._policy_of(definition)
+            if label is not None and kind == "enum":
+                label = self._enum(metric.name, definition, label, folded)
+            if label is None:
                 return None
-            normalise = self._normalizers.get(use.key)
-            if normalise is not None:
-                label = to_label(normalise(label), self.max_label_length)
-            kept_value = self._apply_policy(metric.name, definition, label, folded)
-            if kept_value is None:
-                return None
-            attributes[use.key] = kept_value
-        return Prepared(attributes, tuple(folded), tuple(attributes.values()))
+            if kind == "bounded" and label != OTHER:
+                bounded.append((len(labels), limit))
+            elif kind == "hashed":
+                label = f"h{zlib.crc32(label.encode()) % limit}"
+            keys.append(use.key)
+            labels.append(label)
+        return Labels(tuple(keys), tuple(labels), tuple(folded), tuple(bounded), cacheable and not folded)
 
-    def _apply_policy(
+    def _label(self, metric: str, key: str, raw: object) -> str | None:
+        """``raw`` as a safe, normalised label value; None (after rejecting it) if it cannot be one."""
+        if type(raw) is Unclassifiable:
+            self.reject(metric, key, raw, "could not be classified", "invalid_attribute", cause=raw.cause)
+            return None
+        try:
+            label = to_label(raw, self.max_label_length)
+        except NotALabelError as error:
+            rule = "must be a string, bytes, int or enum"
+            self.reject(metric, key, raw, rule, "invalid_attribute", cause=error)
+            return None
+        normalise = self._normalizers.get(key)
+        return label if normalise is None else to_label(normalise(label), self.max_label_length)
+
+    def _enum(
         self, metric: str, definition: AttributeDefinition, label: str, folded: list[str]
     ) -> str | None:
+        """An enum value, ``_OTHER`` (counted as folded) if outside the set and allowed, else rejected."""
+        if label in definition.allowed_values:
+            return label
+        if OTHER in definition.allowed_values:
+            folded.append(definition.key)
+            return OTHER
+        rule = f"must be one of {', '.join(definition.allowed_values)}"
+        self.reject(metric, definition.key, label, rule, "invalid_attribute")
+        return None
+
+    def _policy_of(self, definition: AttributeDefinition) -> tuple[str, int]:
         if definition.policy == "enum":
-            if label in definition.allowed_values:
-                return label
-            if OTHER in definition.allowed_values:
-                folded.append(definition.key)
-                return OTHER
-            allowed = ", ".join(definition.allowed_values)
-            self.reject(metric, definition.key, label, f"must be one of {allowed}", "invalid_attribute")
-            return None
+            return "enum", 0
         override = self._overrides.get(definition.key)
-        kind = override.kind if override else definition.policy
-        limit = override.limit if override else definition.limit
-        if kind == "bounded":
-            return self._bounded(metric, definition.key, limit, label, folded)
-        if kind == "hashed":
-            return f"h{zlib.crc32(label.encode()) % limit}"
-        return label
+        if override is not None:
+            return override.kind, override.limit
+        return definition.policy, definition.limit
 
-    def release(self, metric: str, key: str, value: str) -> None:
-        """Give ``value`` of ``key`` its place in ``metric``'s budget back."""
-        with self._lock:
-            seen = self._seen.get((metric, key))
-            if seen is not None and value in seen:
-                seen.discard(value)
-                self.cache.pop(metric, None)  # values folded before may fit now
 
-    def _bounded(self, metric: str, key: str, limit: int, label: str, folded: list[str]) -> str:
-        budget_key = (metric, key)
-        with self._lock:
-            seen = self._seen.setdefault(budget_key, set())
-            if label in seen or label == OTHER:
-                return label
-            if len(seen) < limit:
-                seen.add(label)
-                return label
-        folded.append(key)
-        self._log.warning(
-            (metric, key, "overflow"),
-            "meshmetrics_attribute_budget_exceeded",
-            metric=metric,
-            attribute=key,
-            limit=limit,
-            folded_into=OTHER,
-        )
-        return OTHER
+def _shown(value: object) -> str:
+    """What a rejection may show of ``value``: its repr cut short, computed safely."""
+    try:
+        shown = repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."  # noqa: PLR2004

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import re
 
+from meshmetrics._definitions import OTHER
+
 EMPTY = "_EMPTY"
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
@@ -24,14 +26,16 @@ def to_label(value: object, max_length: int) -> str:
     with invalid sequences replaced; integers and enum members are converted;
     an empty result becomes ``_EMPTY``. Anything else raises :class:`NotALabelError`.
     """
-    if isinstance(value, str):
-        text = value
+    if type(value) is str:
+        text = value[: max_length * 4]
+    elif isinstance(value, str):  # a subclass: take the characters, bypassing its methods
+        text = str.__getitem__(value, slice(0, max_length * 4))
     elif isinstance(value, enum.Enum):
         return to_label(value.value, max_length)
     elif isinstance(value, (bytes, bytearray)):
-        text = bytes(value).decode("utf-8", errors="replace")
+        text = bytes(value[: max_length * 4]).decode("utf-8", errors="replace")
     elif isinstance(value, int) and not isinstance(value, bool):
-        text = str(value) if -(10**18) < value < 10**18 else "_OTHER"
+        text = int.__repr__(value) if -(10**18) < value < 10**18 else OTHER
     else:
         raise NotALabelError(type(value).__name__)
     text = text.strip(_TRIM)
