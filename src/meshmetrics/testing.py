@@ -137,7 +137,7 @@ def _resolve_key(metric: str, short: str) -> str:
 
 @contextmanager
 def capture(
-    *, strict: bool = True, detail: str = "full", fast_path: bool = True, series_ttl: float = 0.0
+    *, strict: bool = True, detail: str = "standard", fast_path: bool = True, series_ttl: float = 0.0
 ) -> Iterator[CapturedMetrics]:
     """Send every facade measurement inside the block to an in-memory reader.
 

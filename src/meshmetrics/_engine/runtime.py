@@ -152,7 +152,7 @@ class Runtime:
         return removed
 
     def _self_metric(self, table: series.Table, values: tuple[str, str]) -> None:
-        found = table.cache.get(values) or table.find(values)
+        found = table.lookup(values)
         if found is not None:
             found.add(1)
 

@@ -254,6 +254,10 @@ class Table:
         return [0.0, math.inf, -math.inf, math.inf, -math.inf] + [0] * (len(self.bounds) + 1)
 
     # Finding a series (the slow path: the first use of a raw tuple, or a folded one).
+    def lookup(self, values: tuple[str, ...]) -> Series | None:
+        """The series of ``values`` (plain strings, hashable), from the cache when it is there."""
+        return self.cache.get(values) or self.find(values)
+
     def find(self, values: tuple[object, ...]) -> Series | None:
         """The live series for raw ``values``, published if new; None if the policy rejected them."""
         labels = self.policy.labels(self.definition, values)

@@ -165,8 +165,10 @@ class Policy:
         )
 
     def folded(self, metric: str, key: str, limit: int) -> None:
-        """Count a value folded into ``_OTHER`` by a budget, and say so (rate-limited)."""
+        """Count a value folded into ``_OTHER``; a fold by a budget (``limit`` > 0) is also logged."""
         self._on_folded(metric, key)
+        if limit <= 0:
+            return  # an enum value outside its set: counted, and the registry documents it
         self._log.warning(
             (metric, key, "overflow"),
             "meshmetrics_attribute_budget_exceeded",

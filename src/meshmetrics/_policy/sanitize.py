@@ -5,8 +5,6 @@ from __future__ import annotations
 import enum
 import re
 
-from meshmetrics._definitions import OTHER
-
 EMPTY = "_EMPTY"
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
@@ -23,7 +21,7 @@ def to_label(value: object, max_length: int) -> str:
 
     Strings are trimmed, control characters and lone surrogates replaced by
     U+FFFD, and cut to ``max_length`` characters; bytes are decoded as UTF-8
-    with invalid sequences replaced; integers and enum members are converted;
+    with invalid sequences replaced; integers (below 10**18) and enum members are converted;
     an empty result becomes ``_EMPTY``. Anything else raises :class:`NotALabelError`.
     """
     if type(value) is str:
@@ -34,8 +32,8 @@ def to_label(value: object, max_length: int) -> str:
         return to_label(value.value, max_length)
     elif isinstance(value, (bytes, bytearray)):
         text = bytes(value[: max_length * 4]).decode("utf-8", errors="replace")
-    elif isinstance(value, int) and not isinstance(value, bool):
-        text = int.__repr__(value) if -(10**18) < value < 10**18 else OTHER
+    elif isinstance(value, int) and not isinstance(value, bool) and -(10**18) < value < 10**18:
+        text = int.__repr__(value)
     else:
         raise NotALabelError(type(value).__name__)
     text = text.strip(_TRIM)
