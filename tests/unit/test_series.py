@@ -251,7 +251,9 @@ def test_a_freed_budget_place_goes_to_the_next_value_without_dropping_the_cache(
 def test_ending_a_series_on_the_sdk_path_is_logged_once():
     view = View(instrument_name="mesh.lb.requests", aggregation=ExplicitBucketHistogramAggregation([1.0]))
     reader = InMemoryMetricReader()
-    handle = meshmetrics.configure(readers=[reader], prometheus=False, views=[view], set_global=False, environ={})
+    handle = meshmetrics.configure(
+        readers=[reader], prometheus=False, views=[view], set_global=False, environ={}
+    )
     lb = LoadBalancerMetrics()
     try:
         with structlog.testing.capture_logs() as logs:
@@ -279,3 +281,13 @@ def test_load_imbalance_is_one_algorithm_on_both_paths(fast_path):
         assert captured.value("mesh.lb.load_imbalance", service="api") == pytest.approx(1.5)
     finally:
         handle.shutdown()
+
+
+def test_series_ttl_on_the_sdk_path_is_logged_not_silently_ignored():
+    with structlog.testing.capture_logs() as logs:
+        handle = meshmetrics.configure(
+            prometheus=False, fast_path=False, series_ttl=60, set_global=False, environ={}
+        )
+        handle.shutdown()
+    [said] = [e for e in logs if e["event"] == "meshmetrics_series_ttl_not_applied"]
+    assert "mesh.lb.requests" in said["metrics"]

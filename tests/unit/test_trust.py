@@ -53,7 +53,7 @@ def test_strict_mode_raises_only_invalid_measurement_with_the_cause_chained(stri
     lb.record_request("api", BadHash("x"), "round_robin")  # its characters are a label; its hash is not used
     assert strict_configured.captured.value("mesh.lb.requests", instance="x") == 1
 
-    class NoStr(Exception):
+    class NoStrError(Exception):
         def __str__(self) -> str:
             raise RuntimeError("no str")
 
@@ -66,7 +66,7 @@ def test_strict_mode_raises_only_invalid_measurement_with_the_cause_chained(stri
     assert raised.value.__cause__ is not None
     with pytest.raises(meshmetrics.InvalidMeasurement):
         lb.remove_instance("api", object())  # type: ignore[arg-type]
-    lb.record_error("api", "a", NoStr())  # an exception's class names it: no str() needed
+    lb.record_error("api", "a", NoStrError())  # an exception's class names it: no str() needed
 
 
 def test_production_mode_raises_nothing_for_unclassifiable_values(configured):

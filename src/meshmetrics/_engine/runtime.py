@@ -100,6 +100,13 @@ class Runtime:
             description=imbalance.brief,
         )
         fast_tables = [t for t in self.tables.values() if t.sdk_instrument is None]
+        if settings.series_ttl_s > 0 and len(fast_tables) < len(self.tables):
+            self._log.warning(
+                ("series_ttl", "sdk_path"),
+                "meshmetrics_series_ttl_not_applied",
+                metrics=sorted(name for name, t in self.tables.items() if t.sdk_instrument is not None),
+                reason="recorded by the OpenTelemetry SDK, which keeps every series it has seen",
+            )
         if fast_tables and readers:
             resource = getattr(getattr(provider, "_sdk_config", None), "resource", None) or Resource({})
             scope = InstrumentationScope(METER_NAME, METER_VERSION)

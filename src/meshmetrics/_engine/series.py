@@ -84,6 +84,7 @@ class Series:
     __slots__ = (
         "aliases",
         "attributes",
+        "bounds",
         "cells",
         "ended",
         "labels",
@@ -99,6 +100,7 @@ class Series:
         self.table = table
         self.labels = labels
         self.attributes = attributes
+        self.bounds = table.bounds
         self.start_ns = time.time_ns()
         self.cells: dict[int, Any] = {}
         self.sent: dict[int, Any] = {}  # reader id -> what that reader was last sent (delta)
@@ -138,7 +140,7 @@ class Series:
             cell[IMIN] = value
         if value > cell[IMAX]:  # noqa: PLR1730
             cell[IMAX] = value
-        cell[BUCKETS + bisect_left(self.table.bounds, value)] += 1
+        cell[BUCKETS + bisect_left(self.bounds, value)] += 1
 
     def total(self, live: frozenset[int] | None = None) -> Any:
         """The merged value of every cell; with ``live``, finished threads' cells are folded first."""
