@@ -173,7 +173,7 @@ def test_misbehaving_clients_leave_the_endpoint_serving(protected):
     slow = socket.create_connection((host, port))  # a slow client: connects and says nothing
     slow.sendall(b"GET /metr")
     for payload, expected in (
-        (b"\x00\xff garbage \r\n\r\n", b"Bad request"),
+        (b"\x00\xff garbage \r\n\r\n", b" 400 "),
         (b"GET /metrics HTTP/1.1\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n", b" 431 "),
         (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n", b" 431 "),
         (b"GET /metrics HTTP/9.9\r\n\r\n", b" 505 "),

@@ -1,11 +1,13 @@
 """``/metrics`` as a WSGI or ASGI app, for services that serve it from their own web server.
 
-Both authenticate exactly like the built-in server (see ``_exposition``).
+Both answer through :func:`~meshmetrics._serve.exposition.respond`, so they
+authenticate, negotiate and refuse methods exactly like the built-in server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from http import HTTPStatus
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -17,8 +19,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 def make_wsgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> WSGIApp:
@@ -35,7 +35,7 @@ def make_wsgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> WSGIApp:
             registry=registry,
             auth=auth,
         )
-        start_response(f"{status} {_REASONS[status]}", [*headers, ("Content-Length", str(len(body)))])
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]
 
     return app
@@ -47,7 +47,11 @@ def make_asgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG001 - the ASGI signature
         if scope["type"] != "http":
             return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        headers: dict[str, str] = {}
+        for raw_key, raw_value in scope["headers"]:
+            key, value = raw_key.decode("latin-1").lower(), raw_value.decode("latin-1")
+            # repeated fields combine (RFC 9110 5.3): two Authorization headers then match no secret
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         status, response_headers, body = respond(
             method=scope["method"],
             path=scope["path"][len(scope.get("root_path", "")) :] or "/",
@@ -57,8 +61,7 @@ def make_asgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> ASGIApp:
             registry=registry,
             auth=auth,
         )
-        encoded = [(k.lower().encode(), v.encode()) for k, v in response_headers]
-        encoded.append((b"content-length", str(len(body)).encode()))
+        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]
         await send({"type": "http.response.start", "status": status, "headers": encoded})
         await send({"type": "http.response.body", "body": body})
 

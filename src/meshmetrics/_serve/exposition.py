@@ -1,9 +1,10 @@
 """Serving ``/metrics`` safely: authentication and the response, shared by every server.
 
 The built-in HTTP server, the WSGI app and the ASGI app all answer through
-:func:`respond`, so they authenticate and behave the same: only ``GET`` or
-``HEAD`` of ``/metrics`` is served, a missing or wrong credential gets ``401``
-with ``WWW-Authenticate``, anything else ``404`` (or ``405``).
+:func:`respond`, so they authenticate and behave the same: any method but
+``GET`` or ``HEAD`` gets ``405`` with ``Allow``, any path but ``/metrics``
+``404``, a missing or wrong credential ``401`` with ``WWW-Authenticate``.
+``HEAD`` gets exactly the headers ``GET`` would (``Content-Length`` included).
 """
 
 from __future__ import annotations
@@ -11,26 +12,50 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from meshmetrics._log import RateLimitedLog
+
 METRICS_PATH = "/metrics"
 REALM = "meshmetrics"
+ALLOWED_METHODS = ("GET", "HEAD")
+ALLOW = ", ".join(ALLOWED_METHODS)
+# the response depends on both: Accept picks the format, Accept-Encoding the compression
+VARY = "Accept, Accept-Encoding"
 
 Headers = list[tuple[str, str]]
+
+_failures = RateLimitedLog()
 
 
 @dataclass(frozen=True)
 class EndpointAuth:
-    """Credentials a scrape must present: a bearer token, HTTP basic auth, or either."""
+    """Credentials a scrape must present: a bearer token, HTTP basic auth, or either.
 
-    bearer_token: str | None = None
-    basic_username: str | None = None
-    basic_password: str | None = None
+    An empty or whitespace-only secret is refused here, so no configuration
+    path can turn "a credential is required" into "an empty one will do".
+    """
+
+    bearer_token: str | None = field(default=None, repr=False)
+    basic_username: str | None = field(default=None, repr=False)
+    basic_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        """Refuse blank secrets, naming the field (never its value)."""
+        for name in ("bearer_token", "basic_username", "basic_password"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"EndpointAuth: {name} must not be empty or whitespace")
+        if (self.basic_username is None) != (self.basic_password is None):
+            raise ValueError("EndpointAuth: basic_username and basic_password go together")
+        if self.basic_username is not None and ":" in self.basic_username:
+            raise ValueError("EndpointAuth: basic_username must not contain ':' (RFC 7617)")
 
     @property
     def required(self) -> bool:
@@ -44,19 +69,24 @@ class EndpointAuth:
         if not authorization:
             return False
         scheme, _, credentials = authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if not credentials:
+            return False
         scheme = scheme.lower()
         if scheme == "bearer" and self.bearer_token is not None:
-            return hmac.compare_digest(credentials.strip().encode(), self.bearer_token.encode())
+            return _same(credentials, self.bearer_token)
         if scheme == "basic" and self.basic_username is not None:
-            try:
-                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return False
-            username, sep, password = decoded.partition(":")
-            expected = f"{self.basic_username}:{self.basic_password or ''}".encode()
-            # compare the whole pair at once so timing reveals neither part
-            return bool(sep) and hmac.compare_digest(f"{username}:{password}".encode(), expected)
+            return self._basic_matches(credentials)
         return False
+
+    def _basic_matches(self, credentials: str) -> bool:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        username, sep, password = decoded.partition(":")
+        # compare the whole pair at once so timing reveals neither part
+        return bool(sep) and _same(f"{username}:{password}", f"{self.basic_username}:{self.basic_password}")
 
     def challenge(self) -> str:
         """The ``WWW-Authenticate`` value for a 401."""
@@ -65,9 +95,39 @@ class EndpointAuth:
         return f'Basic realm="{REALM}", charset="UTF-8"'
 
 
+def _same(given: str, expected: str) -> bool:
+    # digests first: equal lengths, so the comparison's timing tells nothing, not even the length
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
+
+
 def read_secret_file(path: str) -> str:
     """Read a token or password from a file (trailing newline removed)."""
     return Path(path).read_text(encoding="utf-8").strip()
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip: its own q (or else ``*``'s) above 0."""
+    if not accept_encoding:
+        return False
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0  # unreadable: identity is always safe
+        if coding:
+            weights.setdefault(coding.lower(), weight)
+    for coding in ("gzip", "x-gzip", "*"):
+        if coding in weights:
+            return 0.0 < weights[coding] <= 1.0
+    return False
 
 
 def respond(
@@ -80,18 +140,39 @@ def respond(
     registry: CollectorRegistry,
     auth: EndpointAuth,
 ) -> tuple[int, Headers, bytes]:
-    """Answer one request: (status, headers, body)."""
-    plain = [("Content-Type", "text/plain; charset=utf-8")]
+    """Answer one request: (status, headers including ``Content-Length``, body).
+
+    Every response carries ``Vary: Accept, Accept-Encoding``. For ``HEAD`` the
+    body is empty and every header, ``Content-Length`` too, is the one ``GET``
+    would send.
+    """
+    head = method == "HEAD"
+    if method not in ALLOWED_METHODS:
+        return _plain(405, "Method Not Allowed", head, [("Allow", ALLOW)])
     if path.split("?", 1)[0] != METRICS_PATH:
-        return 404, plain, b"Not Found\n"
-    if method not in ("GET", "HEAD"):
-        return 405, [*plain, ("Allow", "GET, HEAD")], b"Method Not Allowed\n"
+        return _plain(404, "Not Found", head)
     if not auth.allows(authorization):
-        return 401, [*plain, ("WWW-Authenticate", auth.challenge())], b"Unauthorized\n"
+        return _plain(401, "Unauthorized", head, [("WWW-Authenticate", auth.challenge())])
     encoder, content_type = choose_encoder(accept or "")
-    body = encoder(registry)
-    headers = [("Content-Type", content_type)]
-    if accept_encoding and "gzip" in accept_encoding.lower():
-        body = gzip.compress(body)
+    try:
+        body = encoder(registry)
+    except Exception as error:
+        _failures.warning("exposition", "metrics_exposition_failed", error=type(error).__qualname__)
+        return _plain(500, "Internal Server Error", head)
+    headers = [("Content-Type", content_type), ("Vary", VARY)]
+    if accepts_gzip(accept_encoding):
+        body = gzip.compress(body, mtime=0)
         headers.append(("Content-Encoding", "gzip"))
-    return 200, headers, b"" if method == "HEAD" else body
+    headers.append(("Content-Length", str(len(body))))
+    return 200, headers, b"" if head else body
+
+
+def _plain(status: int, text: str, head: bool, extra: Headers | None = None) -> tuple[int, Headers, bytes]:
+    body = f"{text}\n".encode()
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        *(extra or []),
+        ("Vary", VARY),
+        ("Content-Length", str(len(body))),
+    ]
+    return status, headers, b"" if head else body
