@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 DEMO_ARGS ?=
+MESH_CLIENT_ARGS ?=
 
 .PHONY: install conventions lint test test-unit test-e2e demo bench clean
 
@@ -40,6 +41,10 @@ test-e2e: install
 
 demo: install  ## a simulated mesh on http://localhost:9464/metrics (Ctrl-C to stop)
 	$(PY) -m meshmetrics demo $(DEMO_ARGS)
+
+.PHONY: mesh-client
+mesh-client: install  ## httpx + tenacity + pybreaker over three local upstreams; a fixed number of calls, then its counts
+	$(PY) examples/mesh_client $(MESH_CLIENT_ARGS)
 
 bench: install  ## benchmarks (not part of `make test`); results in benchmarks/results/
 	$(PY) benchmarks/bench_hot_path.py
