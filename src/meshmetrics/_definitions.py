@@ -37,7 +37,7 @@ class AttributeUse:
     condition: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetricDefinition:
     """One instrument of the registry, everything needed to create and document it."""
 

@@ -45,11 +45,7 @@ monotonic = time.monotonic  # the clock of idleness (tests replace it)
 _RETIRED = 0  # the slot that keeps what finished threads recorded (written by collections only)
 
 
-class _ThreadSlot(threading.local):
-    slot: int
-
-
-_local = _ThreadSlot()
+_local = threading.local()  # .slot: the calling thread's slot
 _next_slot = itertools.count(1)
 _slot_threads: dict[int, threading.Thread] = {}
 
