@@ -14,7 +14,11 @@ from meshmetrics import LoadBalancerMetrics
 from meshmetrics._engine import workers
 from tests.conftest import parse_samples, sample
 
-RULES = {"mesh.lb.endpoints": "max", "mesh.lb.instance.health_score": "last"}
+RULES = {
+    "mesh.lb.endpoints": "max",
+    "mesh.lb.instance.health_score": "last",
+    "mesh.circuit_breaker.state": "worker",
+}
 
 
 def worker_document(requests: int, connections: int, endpoints: int, *, pid: int, start: str = "1") -> dict:
@@ -29,6 +33,7 @@ def worker_document(requests: int, connections: int, endpoints: int, *, pid: int
         for _ in range(connections):
             lb.connection_opened("api", "a")
         lb.set_endpoints("api", healthy=endpoints)
+        meshmetrics.CircuitBreakerMetrics().set_state("api", "open" if endpoints > 4 else "closed")
         return workers.snapshot(reader.get_metrics_data(), pid=pid, start=start)
     finally:
         handle.shutdown()
@@ -75,6 +80,18 @@ def test_counters_and_histograms_sum_up_down_counters_count_live_workers_gauges_
     )  # live only
     assert sample(samples, "mesh_lb_endpoints", mesh_service="api", mesh_health_state="healthy") == 5  # max
     assert (report.live, report.folded) == (2, 1)
+    for pid, state in ((101, "closed"), (102, "open")):  # breakers are per worker: one series each
+        assert (
+            sample(
+                samples,
+                "mesh_circuit_breaker_state",
+                mesh_service="api",
+                mesh_circuit_breaker_state=state,
+                worker=str(pid),
+            )
+            == 1
+        )
+    assert not any(dict(labels).get("worker") == "103" for _, labels in samples)
     assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(
         [*(p.name for p in tmp_path.glob("w-*.json")), workers.ACCUMULATOR]
     )

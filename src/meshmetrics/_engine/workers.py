@@ -44,7 +44,9 @@ FORMAT = "meshmetrics-worker/1"
 ACCUMULATOR = "accumulated.json"
 _LOCK = ".lock"
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
-GAUGE_RULES = ("sum", "max", "min", "last")
+GAUGE_RULES = ("sum", "max", "min", "last", "worker")
+"""How a gauge's values of several workers become one: or ``worker``, one series per live worker."""
+WORKER_ATTRIBUTE = "worker"
 
 
 def process_start(pid: int) -> str | None:
@@ -200,6 +202,8 @@ def _fold(merged: _Merged, document: Mapping[str, Any], rules: Mapping[str, str]
             continue  # an exited worker holds no connections and has no current state
         rule = rules.get(metric["name"], "last")
         for point in metric["points"]:
+            if rule == "worker" and metric["kind"] == "gauge":
+                point = [{**point[0], WORKER_ATTRIBUTE: str(document["pid"])}, *point[1:]]  # noqa: PLW2901
             _add_point(merged, metric, point, rule, stamp)
 
 
