@@ -84,7 +84,7 @@ def test_metrics_exporter_none_disables_prometheus():
     ("environ", "message"),
     [
         ({"OTEL_EXPORTER_PROMETHEUS_PORT": "http"}, "OTEL_EXPORTER_PROMETHEUS_PORT"),
-        ({"OTEL_EXPORTER_PROMETHEUS_PORT": "70000"}, "0-65535"),
+        ({"OTEL_EXPORTER_PROMETHEUS_PORT": "70000"}, "from 0 to 65535"),
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
         ({"OTEL_METRIC_EXPORT_INTERVAL": "-5"}, "OTEL_METRIC_EXPORT_INTERVAL"),
         ({"OTEL_RESOURCE_ATTRIBUTES": "novalue"}, "OTEL_RESOURCE_ATTRIBUTES"),

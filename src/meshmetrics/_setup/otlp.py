@@ -8,8 +8,8 @@ result of the last export and the handle reports that instead.
 from __future__ import annotations
 
 import logging
+import re
 import threading
-import time
 from typing import Any
 
 import structlog
@@ -29,10 +29,10 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import Aggregation, ExponentialBucketHistogramAggregation
 
-from meshmetrics._setup.settings import Settings
+from meshmetrics._log import LOG_INTERVAL_S, RateLimitedLog
+from meshmetrics._setup.settings import Settings, redact_url
 
 _logger = structlog.get_logger("meshmetrics")
-LOG_INTERVAL_S = 60.0
 # The OpenTelemetry exporters and readers log every failed attempt through the
 # standard library; during a collector outage that is a line per retry.
 _EXPORTER_LOGGERS = (
@@ -40,6 +40,7 @@ _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
     "opentelemetry.sdk.metrics._internal.export",
 )
+_USER_INFO = re.compile(r"\S+@")  # "user:password@" in a message, with whatever precedes it
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _DELTA = AggregationTemporality.DELTA
 
@@ -109,8 +110,7 @@ class TrackingExporter(MetricExporter):
         self.failures = 0
         self.last_result: MetricExportResult | None = None
         self.disabled = False
-        self._last_failure_log = -LOG_INTERVAL_S
-        self._failures_since_log = 0
+        self._failure_log = RateLimitedLog(LOG_INTERVAL_S)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -129,19 +129,17 @@ class TrackingExporter(MetricExporter):
             if result is MetricExportResult.SUCCESS:
                 return result
             self.failures += 1
-            self._failures_since_log += 1
-            now = time.monotonic()
-            if now - self._last_failure_log < LOG_INTERVAL_S:
-                return result
-            self._last_failure_log, failed = now, self._failures_since_log
-            self._failures_since_log = 0
-        _logger.warning(
-            "meshmetrics_otlp_export_failed",
-            endpoint=getattr(self.inner, "_endpoint", None),
-            error=error or "export failed",
-            failed_exports=failed,
-            total_failures=self.failures,
-        )
+            total = self.failures
+        suppressed = self._failure_log.allow("export_failed")
+        if suppressed is not None:
+            endpoint = getattr(self.inner, "_endpoint", None)
+            _logger.warning(
+                "meshmetrics_otlp_export_failed",
+                endpoint=redact_url(endpoint) if isinstance(endpoint, str) else None,
+                error=error or "export failed",
+                failed_exports=suppressed + 1,
+                total_failures=total,
+            )
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -154,25 +152,37 @@ class TrackingExporter(MetricExporter):
 
 
 class RateLimitFilter(logging.Filter):
-    """Let through at most one record per message template and logger per interval."""
+    """Let through at most one record per message template and logger per interval, user info redacted."""
 
     def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
         """Allow one record per ``interval_s`` seconds per (logger, template)."""
         super().__init__("meshmetrics")
         self._interval = interval_s
-        self._last: dict[tuple[str, str], float] = {}
+        self._limit = RateLimitedLog(interval_s)
+
+    def reset(self) -> None:
+        """Forget what was let through (and the lock guarding it)."""
+        self._limit = RateLimitedLog(self._interval)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """True if this record may be emitted now."""
-        key = (record.name, str(record.msg))
-        now = time.monotonic()
-        if now - self._last.get(key, -self._interval) < self._interval:
+        """True if this record may be emitted now; an endpoint's ``user:password@`` never is."""
+        if self._limit.allow((record.name, str(record.msg))) is None:
             return False
-        self._last[key] = now
+        if "@" in str(record.msg):
+            record.msg = _USER_INFO.sub("***@", str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _USER_INFO.sub("***@", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
         return True
 
 
 _filter = RateLimitFilter()
+
+
+def reset_after_fork() -> None:
+    """In a forked child: a fresh rate limit (its lock may have been held by a parent thread)."""
+    _filter.reset()
 
 
 def quiet_exporter_logs() -> None:

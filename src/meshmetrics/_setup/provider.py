@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import errno
 import os
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Literal
 
 import structlog
 from opentelemetry import metrics as otel_metrics
@@ -110,12 +112,17 @@ class MetricsHandle:
 
     @property
     def prometheus_url(self) -> str | None:
-        """The ``/metrics`` URL being served, or None when the pull endpoint is off."""
+        """The ``/metrics`` URL being served, or None.
+
+        None when the pull endpoint is off (``prometheus=False``,
+        ``prometheus_server=False``, a forked child with ``prometheus_on_fork="disable"``)
+        or when its port was already in use (logged as ``meshmetrics_prometheus_port_in_use``).
+        """
         return self._prometheus.url if self._prometheus else None
 
     @property
     def prometheus_port(self) -> int | None:
-        """The bound port of the pull endpoint (resolved when 0 was asked)."""
+        """The bound port of the pull endpoint (resolved when 0 was asked), or None as for the URL."""
         return self._prometheus.port if self._prometheus else None
 
     def wsgi_app(self) -> _apps.WSGIApp:
@@ -150,9 +157,13 @@ class MetricsHandle:
         a collection in the Prometheus reader and duplicate series on the next
         scrape. Returns True when there is nothing to push.
         """
+        timeout_s = (
+            self.settings.export_timeout_s
+            if timeout is None
+            else _config.timeout_seconds(timeout, "force_flush: argument timeout=")
+        )
         if self._push_reader is None or self._tracker is None:
             return True
-        timeout_s = timeout if timeout is not None else self.settings.export_timeout_s
         exports_before = self._tracker.exports
         reader = self._push_reader
         finished = _run_bounded(lambda: reader.force_flush(timeout_millis=timeout_s * 1000), timeout_s)
@@ -170,10 +181,14 @@ class MetricsHandle:
         stopped in time and the final OTLP export (if any) reached the collector.
         """
         global _current  # noqa: PLW0603 - the one active handle of the process
+        timeout_s = (
+            self.settings.shutdown_timeout_s
+            if timeout is None
+            else _config.timeout_seconds(timeout, "shutdown: argument timeout=")
+        )
         with self._lock:
             if self._shutdown_result is not None:
                 return self._shutdown_result
-            timeout_s = timeout if timeout is not None else self.settings.shutdown_timeout_s
             deadline = time.monotonic() + timeout_s
             exports_before = self._tracker.exports if self._tracker else 0
             ok = True
@@ -213,9 +228,9 @@ class MetricsHandle:
 def _check_views(views: Sequence[View], prometheus: bool) -> None:
     for view in views:
         if prometheus and isinstance(view._aggregation, ExponentialBucketHistogramAggregation):  # noqa: SLF001
-            raise ValueError(
-                "a View forcing exponential histograms would break the Prometheus endpoint "
-                "(every scrape fails); ask for them on OTLP only with "
+            raise _config.ConfigurationError(
+                "views: argument views=: a View forcing exponential histograms would break the "
+                "Prometheus endpoint (every scrape fails); ask for them on OTLP only with "
                 "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION="
                 "base2_exponential_bucket_histogram or otlp_histogram_aggregation="
             )
@@ -228,25 +243,28 @@ def configure(
     prometheus: bool | None = None,
     prometheus_host: str | None = None,
     prometheus_port: int | None = None,
-    prometheus_server: bool = True,
+    prometheus_server: bool | None = None,
+    prometheus_port_in_use: Literal["warn", "raise"] | None = None,
+    prometheus_on_fork: Literal["disable", "offset"] | None = None,
     prometheus_bearer_token: str | None = None,
     prometheus_bearer_token_file: str | None = None,
     prometheus_basic_auth: tuple[str, str] | None = None,
     prometheus_certfile: str | None = None,
     prometheus_keyfile: str | None = None,
     prometheus_client_cafile: str | None = None,
-    prometheus_on_fork: str | None = None,
     otlp_endpoint: str | None = None,
-    otlp_protocol: str | None = None,
+    otlp_protocol: Literal["grpc", "http/protobuf"] | None = None,
     otlp_headers: Mapping[str, str] | None = None,
     otlp_insecure: bool | None = None,
-    otlp_temporality: str | None = None,
-    otlp_histogram_aggregation: str | None = None,
+    otlp_timeout: float | None = None,
+    otlp_temporality: Literal["cumulative", "delta", "lowmemory"] | None = None,
+    otlp_histogram_aggregation: Literal["explicit_bucket_histogram", "base2_exponential_bucket_histogram"]
+    | None = None,
     export_interval: float | None = None,
     export_timeout: float | None = None,
     shutdown_timeout: float | None = None,
     strict: bool | None = None,
-    detail: str | None = None,
+    detail: Literal["full", "standard", "minimal"] | None = None,
     max_label_length: int | None = None,
     fast_path: bool | None = None,
     series_ttl: float | None = None,
@@ -260,45 +278,22 @@ def configure(
 ) -> MetricsHandle:
     """Build the process's MeterProvider and make the facades record to it.
 
-    Arguments override the standard ``OTEL_*`` environment variables (see the
-    README's configuration table); durations are in seconds. Configuration
-    mistakes raise ``ValueError``; nothing else does. Calling it again shuts
-    the previous provider down first (its HTTP server and exporter thread).
+    Every setting is declared once in ``meshmetrics._setup.settings.OPTIONS``
+    (the README's configuration table lists them): ``None`` means "not given",
+    and then the standard ``OTEL_*`` / ``MESHMETRICS_*`` variable or the
+    default applies. Durations are in seconds. Configuration mistakes raise
+    :class:`~meshmetrics.ConfigurationError` (a ``ValueError``) naming the
+    setting, its source and what is allowed; nothing else does. A pull
+    endpoint whose port is taken is logged (``meshmetrics_prometheus_port_in_use``)
+    and left out, ``handle.prometheus_url`` being None, unless
+    ``prometheus_port_in_use="raise"``. Calling it again shuts the previous
+    provider down first (its HTTP server and exporter thread).
     """
+    given = locals()  # first statement: exactly the keywords above
+    settings = _config.resolve(environ=environ, **{name: given[name] for name in _config.ARGUMENTS})
     global _current  # noqa: PLW0603 - the one active handle of the process
-    settings = _config.resolve(
-        environ=environ,
-        service_name=service_name,
-        resource_attributes=resource_attributes,
-        prometheus=prometheus,
-        prometheus_host=prometheus_host,
-        prometheus_port=prometheus_port,
-        prometheus_server=prometheus_server,
-        prometheus_bearer_token=prometheus_bearer_token,
-        prometheus_bearer_token_file=prometheus_bearer_token_file,
-        prometheus_basic_auth=prometheus_basic_auth,
-        prometheus_certfile=prometheus_certfile,
-        prometheus_keyfile=prometheus_keyfile,
-        prometheus_client_cafile=prometheus_client_cafile,
-        prometheus_on_fork=prometheus_on_fork,
-        otlp_endpoint=otlp_endpoint,
-        otlp_protocol=otlp_protocol,
-        otlp_headers=otlp_headers,
-        otlp_insecure=otlp_insecure,
-        otlp_temporality=otlp_temporality,
-        otlp_histogram_aggregation=otlp_histogram_aggregation,
-        export_interval=export_interval,
-        export_timeout=export_timeout,
-        shutdown_timeout=shutdown_timeout,
-        strict=strict,
-        detail=detail,
-        max_label_length=max_label_length,
-        fast_path=fast_path,
-        series_ttl=series_ttl,
-        attribute_policies=attribute_policies,
-        normalizers=normalizers,
-    )
     with _configure_lock:
+        _fork.pending = None  # an explicit configure() in a forked child replaces the rebuild
         if _current is not None:
             _logger.info("meshmetrics_reconfigure", previous=_current.prometheus_url)
             _current.shutdown()
@@ -308,14 +303,16 @@ def configure(
             _logger.info("meshmetrics_disabled", reason="OTEL_SDK_DISABLED")
             _current = handle
             return handle
-        handle = _build(settings, readers, views)
+        events = _Events()
+        handle = _build(settings, readers, views, events=events)
         _runtime.state.current = handle.runtime
         if set_global:
             _set_global(handle.meter_provider)
         if shutdown_on_exit:
             atexit.register(handle.shutdown)
         _current = handle
-        return handle
+    events.emit()
+    return handle
 
 
 def endpoint_auth(settings: _config.Settings) -> EndpointAuth:
@@ -344,11 +341,66 @@ def _resource(settings: _config.Settings) -> Resource:
     return Resource.create(attributes)
 
 
+class _Events:
+    """Log lines of one build, emitted after it (in a forked child: from a thread of their own)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, object]]] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.lines.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.lines.append(("warning", event, fields))
+
+    def emit(self) -> None:
+        """Log every line now, in order."""
+        for level, event, fields in self.lines:
+            getattr(_logger, level)(event, **fields)
+        self.lines.clear()
+
+
+def _serve_endpoint(
+    settings: _config.Settings,
+    registry: CollectorRegistry,
+    ports: Sequence[int],
+    events: _Events,
+    *,
+    may_raise: bool,
+) -> _http.MetricsServer | None:
+    """The first of ``ports`` that binds; a port in use is a warning unless told to raise."""
+    host = settings.prometheus_host
+    for port in ports:
+        try:
+            return _http.serve(registry, host, port, endpoint_auth(settings), _tls(settings))
+        except OSError as error:  # noqa: PERF203 - one try per port, rarely more than one
+            if error.errno == errno.EADDRINUSE:
+                continue
+            raise _config.PrometheusEndpointError(host, port, error) from None
+    if may_raise and settings.prometheus_port_in_use == "raise":
+        raise _config.PrometheusPortInUseError(host, ports[0])
+    events.warning(
+        "meshmetrics_prometheus_port_in_use",
+        port=ports[0],
+        ports_tried=len(ports),
+        host=host,
+        pid=os.getpid(),
+        fix="this process records without its own /metrics endpoint: give each process its own "
+        "port (prometheus_port=0 for any free one, or prometheus_on_fork='offset' in pre-fork "
+        "servers), push with OTLP, or set prometheus_port_in_use='raise' to fail instead",
+    )
+    return None
+
+
 def _build(
     settings: _config.Settings,
     extra_readers: Sequence[MetricReader],
     user_views: Sequence[View],
     resource: Resource | None = None,
+    *,
+    events: _Events,
+    ports: Sequence[int] | None = None,
+    in_child: bool = False,
 ) -> MetricsHandle:
     _check_views(user_views, settings.prometheus_enabled)
     resource = resource or _resource(settings)
@@ -378,20 +430,16 @@ def _build(
     endpoint = None
     if registry is not None and settings.prometheus_server:
         try:
-            endpoint = _http.serve(
-                registry,
-                settings.prometheus_host,
-                settings.prometheus_port,
-                endpoint_auth(settings),
-                _tls(settings),
+            endpoint = _serve_endpoint(
+                settings, registry, ports or (settings.prometheus_port,), events, may_raise=not in_child
             )
-        except OSError:
-            provider.shutdown(timeout_millis=1000)
+        except ValueError:
+            _run_bounded(lambda: provider.shutdown(timeout_millis=1000), 1.0)
             raise
-    _logger.info(
+    events.info(
         "meshmetrics_configured",
         prometheus_url=endpoint.url if endpoint else None,
-        otlp_endpoint=settings.otlp_endpoint,
+        otlp_endpoint=settings.otlp_endpoint_redacted,
         otlp_protocol=settings.otlp_protocol if settings.otlp_endpoint else None,
         prometheus_auth="bearer"
         if settings.prometheus_bearer_token
@@ -425,85 +473,152 @@ def _set_global(provider: ApiMeterProvider) -> None:
     otel_metrics.set_meter_provider(provider)
 
 
-def _abandon_in_child(handle: MetricsHandle) -> None:
-    """In a forked child: drop the parent's provider without exporting its counts again."""
-    if handle._tracker is not None:  # noqa: SLF001 - the handle's own module
-        handle._tracker.disabled = True  # noqa: SLF001
-    if handle._prometheus is not None:  # noqa: SLF001
-        handle._prometheus.close_inherited()  # noqa: SLF001
-        handle._prometheus = None  # noqa: SLF001
-    handle._shutdown_result = True  # noqa: SLF001
-    if isinstance(handle.meter_provider, MeterProvider):
-        provider = handle.meter_provider
-        _run_bounded(lambda: provider.shutdown(timeout_millis=1000), 1.0)
+# --- fork ----------------------------------------------------------------------------------------
+#
+# Inside os.fork() the child has only the forking thread; every lock another
+# parent thread held at that moment (structlog's and stdout's write locks, the
+# SDK's, ours) stays locked forever. So the at-fork handler takes no lock and
+# logs nothing: it detaches the parent's handle and marks a rebuild as pending.
+# The rebuild runs on the child's first use (ensure_child_runtime(), called by
+# current_handle() and the facades), or on a thread the handler starts,
+# whichever comes first; its log lines go out from a thread of their own, so
+# an inherited logging lock can stall only that thread.
 
 
-def _child_settings(settings: _config.Settings, port: int) -> list[_config.Settings]:
-    """The settings a forked child tries, in order (several ports for the offset strategy)."""
+class _ForkState:
+    """A rebuild pending in this forked child: the parent's handle to rebuild from."""
+
+    def __init__(self) -> None:
+        self.pending: MetricsHandle | None = None
+        self.stalled = False  # a rebuild took longer than CHILD_BUILD_WAIT_S: stop waiting for it
+
+
+_fork = _ForkState()
+CHILD_BUILD_WAIT_S = 2.0
+
+
+def _child_ports(settings: _config.Settings) -> list[int]:
+    """The ports a forked child tries, in order (several for the offset strategy; any with 0)."""
+    port = settings.prometheus_port
+    if port == 0:
+        return [0]
+    last = min(port + settings.prometheus_fork_port_range, 65_535)
+    return list(range(port + 1, last + 1)) or [0]
+
+
+def _child_settings(settings: _config.Settings, events: _Events) -> tuple[_config.Settings, list[int]]:
+    """The settings and ports of a forked child's own provider."""
     if not (settings.prometheus_enabled and settings.prometheus_server):
-        return [settings]
+        return settings, [settings.prometheus_port]
     if settings.prometheus_on_fork == "offset":
-        return [
-            dataclasses.replace(settings, prometheus_port=port + offset)
-            for offset in range(1, settings.prometheus_fork_port_range + 1)
-        ]
-    _logger.warning(
+        return settings, _child_ports(settings)
+    events.warning(
         "meshmetrics_prometheus_endpoint_off_in_child",
         pid=os.getpid(),
         reason="a forked child cannot share its parent's port",
         fix="push with OTLP, or configure(prometheus_on_fork='offset') for one port per worker",
     )
-    return [dataclasses.replace(settings, prometheus_server=False)]
+    return dataclasses.replace(settings, prometheus_server=False), []
 
 
-def _build_in_child(handle: MetricsHandle) -> MetricsHandle:
-    # The parent's resource with a new instance id: Resource.create() would run
-    # detectors on a thread pool, which is not safe inside an at-fork handler.
-    parent = getattr(handle.meter_provider, "_sdk_config", None)
-    resource = (parent.resource if parent else Resource({})).merge(
+def _build_in_child(parent: MetricsHandle, events: _Events) -> MetricsHandle:
+    # The parent's resource with a new instance id (no resource detectors: they use a thread pool).
+    sdk_config = getattr(parent.meter_provider, "_sdk_config", None)
+    resource = (sdk_config.resource if sdk_config else Resource({})).merge(
         Resource({"service.instance.id": str(uuid.uuid4())})
     )
-    port = handle.settings.prometheus_port
-    for candidate in _child_settings(handle.settings, port):
-        try:
-            return _build(candidate, (), handle._views, resource)  # noqa: SLF001
-        except OSError as error:  # noqa: PERF203 - one try per port, rarely more than one
-            if error.errno != errno.EADDRINUSE:
-                raise
-    raise OSError(errno.EADDRINUSE, f"no free port after {port}")
+    settings, ports = _child_settings(parent.settings, events)
+    return _build(settings, (), parent._views, resource, events=events, ports=ports, in_child=True)  # noqa: SLF001
+
+
+def _in_background(name: str, action: Callable[[], object]) -> None:
+    threading.Thread(target=action, name=name, daemon=True).start()
+
+
+def ensure_child_runtime() -> _runtime.Runtime | None:
+    """In a forked child, build its own provider now if that is still pending; return the runtime.
+
+    Cheap when nothing is pending (one attribute read). Facades call it when
+    ``_runtime.state.current`` is None, so a child's first measurement is
+    recorded on the child's own provider. Waits at most ``CHILD_BUILD_WAIT_S``
+    for a rebuild another thread is running, never raises, logs nothing
+    on the calling thread.
+    """
+    if _fork.pending is None:
+        return _runtime.state.current
+    global _current  # noqa: PLW0603 - the one active handle of the process
+    if not _configure_lock.acquire(timeout=0 if _fork.stalled else CHILD_BUILD_WAIT_S):
+        _fork.stalled = True
+        return None
+    events = _Events()
+    parent = _fork.pending  # still pending until built: concurrent callers wait on the lock
+    try:
+        if parent is not None:
+            try:
+                new = _build_in_child(parent, events)
+            except Exception as error:
+                events.warning(
+                    "meshmetrics_fork_reconfigure_failed", pid=os.getpid(), error=type(error).__name__
+                )
+            else:
+                _runtime.state.current = new.runtime
+                atexit.register(new.shutdown)
+                _current = new
+                events.info(
+                    "meshmetrics_reconfigured_after_fork", pid=os.getpid(), prometheus_url=new.prometheus_url
+                )
+    finally:
+        _fork.pending = None
+        _configure_lock.release()
+    if parent is not None:
+        _in_background("meshmetrics-after-fork-log", events.emit)
+        _in_background("meshmetrics-after-fork-cleanup", lambda: _release_inherited(parent))
+    return _runtime.state.current
+
+
+def _release_inherited(parent: MetricsHandle) -> None:
+    """Stop the parent's provider in the child (its exporter thread restarted at fork) without exporting."""
+    if isinstance(parent.meter_provider, MeterProvider):
+        with contextlib.suppress(Exception):
+            parent.meter_provider.shutdown(timeout_millis=1000)
 
 
 def _after_fork_in_child() -> None:
-    """Give a forked child its own provider: zero counts, its own service.instance.id."""
+    """At-fork handler: detach the parent's handle and mark a rebuild; no lock, no logging."""
     global _current, _configure_lock  # noqa: PLW0603 - process-wide state, reset in the child
     _configure_lock = threading.Lock()  # another parent thread may have held it at fork time
+    _fork.stalled = False
     _runtime.reset_after_fork()
-    handle = _current
-    if handle is None or not handle.enabled:
-        return
-    _current = None
+    _otlp.reset_after_fork()
     _runtime.state.current = None
-    try:
-        _abandon_in_child(handle)
-        new = _build_in_child(handle)
-    except Exception as error:
-        _logger.warning("meshmetrics_fork_reconfigure_failed", pid=os.getpid(), error=repr(error))
+    parent = _current or _fork.pending  # a child forked before its own rebuild passes it on
+    _current = None
+    _fork.pending = None
+    if parent is None or not parent.enabled:
         return
-    _runtime.state.current = new.runtime
-    atexit.register(new.shutdown)
-    _current = new
-    _logger.info("meshmetrics_reconfigured_after_fork", pid=os.getpid(), prometheus_url=new.prometheus_url)
+    parent._lock = threading.Lock()  # noqa: SLF001 - its atexit shutdown must not wait on the parent
+    parent._shutdown_result = True  # noqa: SLF001 - nothing of the parent's to flush from here
+    if parent._tracker is not None:  # noqa: SLF001
+        parent._tracker.disabled = True  # noqa: SLF001 - never export the parent's counts again
+    if parent._prometheus is not None:  # noqa: SLF001
+        parent._prometheus.close_inherited()  # noqa: SLF001 - free the parent's port in this process
+        parent._prometheus = None  # noqa: SLF001
+    _fork.pending = parent
+    with contextlib.suppress(RuntimeError):  # no thread (interpreter exiting): first use rebuilds
+        _in_background("meshmetrics-after-fork", ensure_child_runtime)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current_handle() -> MetricsHandle | None:
-    """The handle of the active ``configure()``, if any."""
+    """The handle of the active ``configure()``, if any (in a forked child: the child's own)."""
+    ensure_child_runtime()
     return _current
 
 
 def shutdown(timeout: float | None = None) -> bool:
     """Shut down the active configuration (see :meth:`MetricsHandle.shutdown`)."""
+    ensure_child_runtime()  # in a forked child: the rebuild (perhaps under way) is what to shut down
     handle = _current
     return True if handle is None else handle.shutdown(timeout)
