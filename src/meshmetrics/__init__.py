@@ -19,6 +19,7 @@ from meshmetrics._policy.errors import classify_error
 from meshmetrics._policy.normalizers import status_class, template_path
 from meshmetrics._retry import RetryCallTracker, RetryMetrics, retry_outcome
 from meshmetrics._setup.provider import MetricsHandle, configure, current_handle, shutdown
+from meshmetrics._setup.settings import ConfigurationError, PrometheusEndpointError, PrometheusPortInUseError
 
 __version__ = _package_version("meshmetrics")
 
@@ -27,9 +28,12 @@ __all__ = [
     "CallTracker",
     "CircuitBreakerMetrics",
     "CircuitBreakerTracker",
+    "ConfigurationError",
     "InvalidMeasurement",
     "LoadBalancerMetrics",
     "MetricsHandle",
+    "PrometheusEndpointError",
+    "PrometheusPortInUseError",
     "RetryCallTracker",
     "RetryMetrics",
     "ServiceMeshMetrics",

@@ -20,6 +20,7 @@ from meshmetrics._engine.runtime import Runtime, runtime_for, state
 from meshmetrics._policy.core import InvalidMeasurement, Policy, Unclassifiable
 from meshmetrics._policy.errors import classify_error
 from meshmetrics._policy.sanitize import to_label
+from meshmetrics._setup.provider import ensure_child_runtime
 from meshmetrics._setup.settings import Settings
 from meshmetrics.semconv import ATTR_MESH_INSTANCE as ATTR_INSTANCE
 from meshmetrics.semconv import ATTR_MESH_SERVICE as ATTR_SERVICE
@@ -105,7 +106,7 @@ class Facade:
         self._explicit = runtime_for(meter_provider, Settings()) if meter_provider is not None else None
 
     def _runtime(self) -> Runtime | None:
-        return self._explicit or state.current
+        return self._explicit or state.current or ensure_child_runtime()
 
     def _fail(self, runtime: Runtime, metric: str, error: Exception) -> None:
         """The guard's one exit: strict mode raises ``InvalidMeasurement``, production counts."""
@@ -119,7 +120,9 @@ class Facade:
     def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
         runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
         if runtime is None:
-            return
+            runtime = ensure_child_runtime()  # a forked child's first measurement builds its provider
+            if runtime is None:
+                return
         try:
             table = runtime.tables[metric.name]
             try:
@@ -145,7 +148,9 @@ class Facade:
         """Validate ``value`` and record it on a histogram (``record``) or gauge (``set``)."""
         runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
         if runtime is None:
-            return
+            runtime = ensure_child_runtime()  # a forked child's first measurement builds its provider
+            if runtime is None:
+                return
         try:
             # the common case, a finite non-negative float duration, skips the validator call
             if validator is duration and type(value) is float and 0.0 <= value < _INF:

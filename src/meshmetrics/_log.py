@@ -8,14 +8,17 @@ suppressed since the last one.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 
 import structlog
 
 LOG_INTERVAL_S = 60.0
 logger = structlog.get_logger("meshmetrics")
+_instances: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
 
 
 class RateLimitedLog:
@@ -30,6 +33,7 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._last: dict[Hashable, float] = {}
         self._suppressed: dict[Hashable, int] = {}
+        _instances.add(self)
 
     def allow(self, key: Hashable) -> int | None:
         """None if ``key`` was logged within the interval; else how many were suppressed since."""
@@ -47,3 +51,12 @@ class RateLimitedLog:
         suppressed = self.allow(key)
         if suppressed is not None:
             logger.warning(event, suppressed_since_last=suppressed, **fields)
+
+
+def _reset_locks_in_child() -> None:
+    """A forked child may inherit a lock held by a parent thread: give every limiter a fresh one."""
+    for instance in list(_instances):
+        instance._lock = threading.Lock()  # noqa: SLF001 - this module's own class
+
+
+os.register_at_fork(after_in_child=_reset_locks_in_child)

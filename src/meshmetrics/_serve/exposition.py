@@ -5,6 +5,11 @@ The built-in HTTP server, the WSGI app and the ASGI app all answer through
 ``GET`` or ``HEAD`` gets ``405`` with ``Allow``, any path but ``/metrics``
 ``404``, a missing or wrong credential ``401`` with ``WWW-Authenticate``.
 ``HEAD`` gets exactly the headers ``GET`` would (``Content-Length`` included).
+
+The format follows ``Accept``: Prometheus text 0.0.4 by default, OpenMetrics
+(with exemplars) when asked for, and, only when ``native_histograms`` is on
+and the scraper ranks it first, the delimited protobuf that carries native
+histograms. The text formats never show native-histogram samples.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import binascii
 import gzip
 import hashlib
 import hmac
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from meshmetrics._log import RateLimitedLog
+from meshmetrics._serve import protobuf
+from meshmetrics._serve.translate import without_native
 
 METRICS_PATH = "/metrics"
 REALM = "meshmetrics"
@@ -102,11 +110,6 @@ def _same(given: str, expected: str) -> bool:
     )
 
 
-def read_secret_file(path: str) -> str:
-    """Read a token or password from a file (trailing newline removed)."""
-    return Path(path).read_text(encoding="utf-8").strip()
-
-
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether an ``Accept-Encoding`` value allows gzip: its own q (or else ``*``'s) above 0."""
     if not accept_encoding:
@@ -139,8 +142,11 @@ def respond(
     accept_encoding: str | None,
     registry: CollectorRegistry,
     auth: EndpointAuth,
+    native_histograms: bool = False,
 ) -> tuple[int, Headers, bytes]:
     """Answer one request: (status, headers including ``Content-Length``, body).
+
+    ``native_histograms`` allows the protobuf format (off: text formats only).
 
     Every response carries ``Vary: Accept, Accept-Encoding``. For ``HEAD`` the
     body is empty and every header, ``Content-Length`` too, is the one ``GET``
@@ -153,7 +159,7 @@ def respond(
         return _plain(404, "Not Found", head)
     if not auth.allows(authorization):
         return _plain(401, "Unauthorized", head, [("WWW-Authenticate", auth.challenge())])
-    encoder, content_type = choose_encoder(accept or "")
+    encoder, content_type = _encoder(accept, native_histograms)
     try:
         body = encoder(registry)
     except Exception as error:
@@ -165,6 +171,48 @@ def respond(
         headers.append(("Content-Encoding", "gzip"))
     headers.append(("Content-Length", str(len(body))))
     return 200, headers, b"" if head else body
+
+
+class _TextView:
+    """A registry's families without native-histogram samples, which the text formats cannot show."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        return without_native(self._registry.collect())
+
+
+def _encoder(accept: str | None, native_histograms: bool) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    if native_histograms and prefers_protobuf(accept):
+        return (lambda registry: protobuf.encode(registry.collect())), protobuf.CONTENT_TYPE
+    text_encoder, content_type = choose_encoder(accept or "")
+    return (lambda registry: text_encoder(_TextView(registry))), content_type
+
+
+def prefers_protobuf(accept: str | None) -> bool:
+    """Whether ``Accept`` offers the delimited ``MetricFamily`` protobuf with the highest weight."""
+    best_other = 0.0
+    protobuf_weight = 0.0
+    for item in (accept or "").split(","):
+        media_type, *params = (part.strip() for part in item.split(";"))
+        options: dict[str, str] = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            options[key.strip().lower()] = value.strip().strip('"')
+        try:
+            weight = float(options.get("q", "1"))
+        except ValueError:
+            weight = 0.0
+        if (
+            media_type.lower() == "application/vnd.google.protobuf"
+            and options.get("proto") == "io.prometheus.client.MetricFamily"
+            and options.get("encoding") == "delimited"
+        ):
+            protobuf_weight = max(protobuf_weight, weight)
+        elif media_type:
+            best_other = max(best_other, weight)
+    return 0.0 < protobuf_weight <= 1.0 and protobuf_weight >= best_other
 
 
 def _plain(status: int, text: str, head: bool, extra: Headers | None = None) -> tuple[int, Headers, bytes]:
