@@ -51,6 +51,9 @@ class MetricDefinition:
     prometheus_name: str
     buckets: tuple[float, ...] = ()
     cardinality_limit: int = 2000
+    multiprocess: str = ""
+    """Multiprocess mode: how a gauge's values of several workers merge (``sum``, ``max``, ``min``,
+    ``last``, ``worker``); counters and histograms are summed, up-down counters summed over live workers."""
     counterparts: tuple[tuple[str, str], ...] = field(default=())
 
     @property

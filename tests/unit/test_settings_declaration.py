@@ -13,7 +13,7 @@ from meshmetrics._setup.settings import ARGUMENTS, OPTIONS, resolve
 
 # configure() keywords that are not settings: what to add to the provider, and how to install it
 NOT_SETTINGS = {"readers", "views", "set_global", "shutdown_on_exit", "environ"}
-GROUPS = ("identity", "endpoint", "security", "otlp", "timing", "recording")
+GROUPS = ("identity", "endpoint", "security", "otlp", "timing", "recording", "workers")
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

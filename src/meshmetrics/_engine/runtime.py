@@ -3,15 +3,20 @@
 Each registry metric is a :class:`~meshmetrics._engine.series.Table`. Its
 series record in meshmetrics' own cells (the fast path, for providers
 meshmetrics built) or on a plain SDK instrument (providers passed in by the
-user, an instrument a user View targets, or exponential histograms asked for
-OTLP); the facades cannot tell the difference.
+user, or an instrument a user View targets); the facades cannot tell the
+difference. On the fast path, counters and histograms keep exemplars as the
+exemplar filter says (:func:`~meshmetrics._engine.exemplars.exemplar_filter`),
+and histograms keep base-2 exponential buckets too when a reader asks for
+them (``histogram_kinds``, or the reader's preferred aggregation).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
@@ -25,6 +30,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from meshmetrics import semconv
 from meshmetrics._definitions import MetricDefinition
 from meshmetrics._engine import merge, series
+from meshmetrics._engine.exemplars import exemplar_filter
 from meshmetrics._engine.window import SnapshotWindow
 from meshmetrics._log import RateLimitedLog
 from meshmetrics._policy.core import Policy
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from meshmetrics._setup.settings import Settings
 
 METER_NAME = "meshmetrics"
+REMOVALS_KEPT = 1000
 METER_VERSION = version("meshmetrics")
 _OBSERVABLE = frozenset({semconv.METRIC_MESH_LB_LOAD_IMBALANCE})
 _SELF_METRICS = frozenset(name for name in semconv.METRICS if name.startswith("meshmetrics."))
@@ -57,12 +64,18 @@ class Runtime:
         settings: Settings,
         readers: Sequence[MetricReader] | None = None,
         user_views: Sequence[View] = (),
+        histogram_kinds: Mapping[MetricReader, merge.HistogramKind] | None = None,
     ) -> None:
-        """Create every registry metric, on the fast path when ``readers`` (of ``provider``) are given."""
+        """Create every registry metric, on the fast path when ``readers`` (of ``provider``) are given.
+
+        ``histogram_kinds`` chooses explicit or exponential histograms per
+        reader; a reader not in it gets what its preferred aggregation asks.
+        """
         self.provider = provider
         self.settings = settings
         self.meter: Meter = provider.get_meter(METER_NAME, METER_VERSION)
         self._snapshots = SnapshotWindow()
+        self._removal_log: deque[tuple[float, list[str], dict[str, str]]] = deque(maxlen=REMOVALS_KEPT)
         self._log = RateLimitedLog()
         self.policy = Policy(
             strict=settings.strict,
@@ -78,6 +91,12 @@ class Runtime:
             normalizers=settings.normalizers,
         )
         fast = readers is not None and settings.fast_path
+        kinds = {
+            reader: (histogram_kinds or {}).get(reader) or merge.reader_histogram_kind(reader)
+            for reader in readers or ()
+        }
+        self.exemplar_filter = exemplar_filter(settings)
+        exponential = "exponential" in kinds.values()
         self.tables: dict[str, series.Table] = {}
         for name, definition in semconv.METRICS.items():
             if name in _OBSERVABLE:
@@ -89,6 +108,8 @@ class Runtime:
                 sdk_instrument=None if on_fast_path else self._create(definition),
                 series_ttl_s=settings.series_ttl_s,
                 count_folds=name not in _SELF_METRICS,
+                exemplar_filter=self.exemplar_filter,
+                exponential=exponential,
             )
             table.on_first_end = self._cannot_end
             self.tables[name] = table
@@ -111,17 +132,20 @@ class Runtime:
             resource = getattr(getattr(provider, "_sdk_config", None), "resource", None) or Resource({})
             scope = InstrumentationScope(METER_NAME, METER_VERSION)
             for reader in readers:
-                merge.attach(reader, lambda: fast_tables, resource, scope, self._count_unexportable)
+                merge.attach(
+                    reader,
+                    lambda: fast_tables,
+                    resource,
+                    scope,
+                    self._count_unexportable,
+                    histogram_kind=kinds[reader],
+                )
         self._overflows = self.tables[semconv.METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS]
         self._rejected = self.tables[semconv.METRIC_MESHMETRICS_MEASUREMENTS_REJECTED]
 
     def _fast_path_allowed(self, definition: MetricDefinition, user_views: Sequence[View]) -> bool:
-        if any(_targeted_by(view, definition.name) for view in user_views):
-            return False  # a user View wants the SDK's aggregation for it: keep the SDK path
-        exponential = self.settings.otlp_endpoint and (
-            self.settings.otlp_histogram_aggregation == "base2_exponential_bucket_histogram"
-        )
-        return not (definition.instrument == "histogram" and exponential)
+        # a user View wants the SDK's aggregation for it: keep the SDK path
+        return not any(_targeted_by(view, definition.name) for view in user_views)
 
     def _create(self, definition: MetricDefinition) -> Any:
         name, kind = definition.name, definition.instrument
@@ -151,12 +175,22 @@ class Runtime:
 
     def remove_series(self, metrics: Iterable[str], attributes: Mapping[str, str]) -> int:
         """End the series of ``metrics`` whose attributes include ``attributes``."""
+        metrics = tuple(metrics)
+        self._removal_log.append((time.time(), list(metrics), dict(attributes)))
         removed = 0
         for name in metrics:
             table = self.tables.get(name)
             if table is not None:
                 removed += table.remove(lambda attrs: all(attrs.get(k) == v for k, v in attributes.items()))
         return removed
+
+    def removals(self) -> list[tuple[float, list[str], dict[str, str]]]:
+        """The latest series removals (time, metrics, attributes), for the multiprocess accumulator."""
+        return list(self._removal_log)
+
+    def count_unreadable_file(self) -> None:
+        """A multiprocess file that could not be read: counted in the self-metrics, never failing a scrape."""
+        self._count_rejected("meshmetrics.multiprocess", "unreadable_worker_file")
 
     def _self_metric(self, table: series.Table, values: tuple[str, str]) -> None:
         found = table.lookup(values)
@@ -217,11 +251,12 @@ def runtime_for(
     settings: Settings,
     readers: Sequence[MetricReader] | None = None,
     user_views: Sequence[View] = (),
+    histogram_kinds: Mapping[MetricReader, merge.HistogramKind] | None = None,
 ) -> Runtime:
     """Return the one runtime bound to ``provider``, creating it on first use."""
     with _lock:
         runtime = _by_provider.get(provider)
         if runtime is None:
-            runtime = Runtime(provider, settings, readers, user_views)
+            runtime = Runtime(provider, settings, readers, user_views, histogram_kinds)
             _by_provider[provider] = runtime
         return runtime

@@ -10,9 +10,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal, cast
 
 import structlog
 from opentelemetry import metrics as otel_metrics
@@ -36,8 +37,10 @@ from meshmetrics._serve import apps as _apps
 from meshmetrics._serve import http as _http
 from meshmetrics._serve import reader as _prometheus
 from meshmetrics._serve.exposition import EndpointAuth
+from meshmetrics._serve.merged import MergedCollector
 from meshmetrics._setup import otlp as _otlp
 from meshmetrics._setup import settings as _config
+from meshmetrics._setup import workers as _workers
 
 _logger = structlog.get_logger("meshmetrics")
 _configure_lock = threading.Lock()
@@ -92,6 +95,7 @@ class MetricsHandle:
         push_reader: PeriodicExportingMetricReader | None = None,
         tracker: _otlp.TrackingExporter | None = None,
         views: Sequence[View] = (),
+        publisher: _workers.Publisher | None = None,
     ) -> None:
         """Wrap a built provider; use :func:`meshmetrics.configure` rather than this."""
         self.settings = settings
@@ -102,6 +106,8 @@ class MetricsHandle:
         self.runtime: _runtime.Runtime | None = None
         self._push_reader = push_reader
         self._tracker = tracker
+        self._publisher = publisher
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._shutdown_result: bool | None = None
 
@@ -126,17 +132,47 @@ class MetricsHandle:
         return self._prometheus.port if self._prometheus else None
 
     def wsgi_app(self) -> _apps.WSGIApp:
-        """``/metrics`` as a WSGI app with this configuration's authentication."""
-        return _apps.make_wsgi_app(self._require_registry(), endpoint_auth(self.settings))
+        """``/metrics`` as a WSGI app with this configuration's authentication.
+
+        Made before a fork (gunicorn ``--preload``), it serves the forked
+        worker's own provider (or, in multiprocess mode, every worker merged).
+        """
+        return _apps.make_wsgi_app(self._registry_source(), endpoint_auth(self.settings))
 
     def asgi_app(self) -> _apps.ASGIApp:
-        """``/metrics`` as an ASGI app with this configuration's authentication."""
-        return _apps.make_asgi_app(self._require_registry(), endpoint_auth(self.settings))
+        """``/metrics`` as an ASGI app with this configuration's authentication (fork-aware, as WSGI)."""
+        return _apps.make_asgi_app(self._registry_source(), endpoint_auth(self.settings))
 
-    def _require_registry(self) -> CollectorRegistry:
+    def _registry_source(self) -> CollectorRegistry:
         if self._registry is None:
             raise ValueError("the Prometheus reader is off: configure(prometheus=True)")
+        return cast("CollectorRegistry", _FollowingRegistry(self))  # collect() is all an app uses
+
+    def _current_registry(self) -> CollectorRegistry | None:
+        """The handle's registry, or, in a process forked after it was made, the child's own."""
+        if os.getpid() != self._pid:
+            successor = current_handle()
+            return successor._registry if successor is not None else None  # noqa: SLF001
         return self._registry
+
+    def _take_over_endpoint(self) -> None:
+        """Multiprocess mode, on each publish: serve the merged view if nobody does any more."""
+        if self._prometheus is not None or self._registry is None or self._shutdown_result is not None:
+            return
+        if not self.settings.prometheus_server:
+            return
+        try:
+            server = _http.serve(
+                self._registry,
+                self.settings.prometheus_host,
+                self.settings.prometheus_port,
+                endpoint_auth(self.settings),
+                _tls(self.settings),
+            )
+        except OSError:
+            return  # still served by another process
+        self._prometheus = server
+        _logger.info("meshmetrics_prometheus_endpoint_taken_over", port=server.port, pid=os.getpid())
 
     @property
     def otlp_endpoint(self) -> str | None:
@@ -192,6 +228,9 @@ class MetricsHandle:
             deadline = time.monotonic() + timeout_s
             exports_before = self._tracker.exports if self._tracker else 0
             ok = True
+            if self._publisher is not None:  # the last state, for the merged view (before the provider stops)
+                publisher = self._publisher
+                ok = _run_bounded(publisher.close, max(0.5, timeout_s / 2))
             if isinstance(self.meter_provider, MeterProvider):
                 provider = self.meter_provider
                 ok = _run_bounded(lambda: provider.shutdown(timeout_millis=timeout_s * 1000), timeout_s)
@@ -270,6 +309,8 @@ def configure(
     series_ttl: float | None = None,
     attribute_policies: Mapping[str, AttributePolicy] | None = None,
     normalizers: Mapping[str, Callable[[str], str]] | None = None,
+    multiprocess_dir: str | None = None,
+    multiprocess_interval: float | None = None,
     readers: Sequence[MetricReader] = (),
     views: Sequence[View] = (),
     set_global: bool = True,
@@ -392,6 +433,22 @@ def _serve_endpoint(
     return None
 
 
+def _pull_readers(
+    settings: _config.Settings, readers: list[MetricReader]
+) -> tuple[_workers.PublishingReader | None, CollectorRegistry | None]:
+    """Add the pull side's readers: this process's own endpoint, or (multiprocess) its published state."""
+    if settings.multiprocess_dir:
+        publishing = _workers.PublishingReader()
+        readers.append(publishing)
+        # the endpoint serves every worker merged: its collector is registered once the provider exists
+        return publishing, CollectorRegistry(auto_describe=True) if settings.prometheus_enabled else None
+    if not settings.prometheus_enabled:
+        return None, None
+    endpoint_reader, registry = _prometheus.make_reader()
+    readers.append(endpoint_reader)
+    return None, registry
+
+
 def _build(
     settings: _config.Settings,
     extra_readers: Sequence[MetricReader],
@@ -406,10 +463,7 @@ def _build(
     resource = resource or _resource(settings)
 
     readers: list[MetricReader] = list(extra_readers)
-    endpoint_reader = registry = None
-    if settings.prometheus_enabled:
-        endpoint_reader, registry = _prometheus.make_reader()
-        readers.append(endpoint_reader)
+    publishing, registry = _pull_readers(settings, readers)
     push_reader = tracker = None
     if settings.otlp_endpoint:
         _otlp.quiet_exporter_logs()
@@ -427,12 +481,30 @@ def _build(
         views=[*conventions_views(settings.detail, settings.dropped()), *user_views],
         shutdown_on_exit=False,  # the handle registers its own, time-bounded
     )
+    runtime = _runtime.runtime_for(provider, settings, readers, user_views)
+    publisher = None
+    if publishing is not None and settings.multiprocess_dir:
+        publisher = _workers.Publisher(
+            Path(settings.multiprocess_dir),
+            publishing,
+            rules=_workers.merge_rules(),
+            resource=resource,
+            removals=runtime.removals,
+            interval_s=settings.multiprocess_interval_s,
+            series_ttl_s=settings.series_ttl_s,
+            on_skipped=runtime.count_unreadable_file,
+        )
+        if registry is not None:
+            registry.register(MergedCollector(publisher.merged))
     endpoint = None
     if registry is not None and settings.prometheus_server:
         try:
-            endpoint = _serve_endpoint(
-                settings, registry, ports or (settings.prometheus_port,), events, may_raise=not in_child
-            )
+            if publisher is not None:
+                endpoint = _serve_shared_endpoint(settings, registry, events)
+            else:
+                endpoint = _serve_endpoint(
+                    settings, registry, ports or (settings.prometheus_port,), events, may_raise=not in_child
+                )
         except ValueError:
             _run_bounded(lambda: provider.shutdown(timeout_millis=1000), 1.0)
             raise
@@ -458,9 +530,40 @@ def _build(
         push_reader=push_reader,
         tracker=tracker,
         views=user_views,
+        publisher=publisher,
     )
-    handle.runtime = _runtime.runtime_for(provider, settings, readers, user_views)
+    handle.runtime = runtime
+    if publisher is not None:
+        publisher.on_tick = handle._take_over_endpoint  # noqa: SLF001 - the handle's own module
+        publisher.start_thread()
     return handle
+
+
+def _serve_shared_endpoint(
+    settings: _config.Settings, registry: CollectorRegistry, events: _Events
+) -> _http.MetricsServer | None:
+    """Multiprocess mode: serve the merged view unless another process already does (expected)."""
+    try:
+        return _http.serve(
+            registry,
+            settings.prometheus_host,
+            settings.prometheus_port,
+            endpoint_auth(settings),
+            _tls(settings),
+        )
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise _config.PrometheusEndpointError(
+                settings.prometheus_host, settings.prometheus_port, error
+            ) from None
+    events.info(
+        "meshmetrics_prometheus_endpoint_elsewhere",
+        port=settings.prometheus_port,
+        pid=os.getpid(),
+        reason="another process of this service serves the merged view; this one publishes to it "
+        "and takes the port over if that process exits",
+    )
+    return None
 
 
 def _set_global(provider: ApiMeterProvider) -> None:
@@ -508,8 +611,8 @@ def _child_ports(settings: _config.Settings) -> list[int]:
 
 def _child_settings(settings: _config.Settings, events: _Events) -> tuple[_config.Settings, list[int]]:
     """The settings and ports of a forked child's own provider."""
-    if not (settings.prometheus_enabled and settings.prometheus_server):
-        return settings, [settings.prometheus_port]
+    if not (settings.prometheus_enabled and settings.prometheus_server) or settings.multiprocess_dir:
+        return settings, [settings.prometheus_port]  # multiprocess: the same port, taken over if freed
     if settings.prometheus_on_fork == "offset":
         return settings, _child_ports(settings)
     events.warning(
@@ -603,6 +706,7 @@ def _after_fork_in_child() -> None:
     if parent._prometheus is not None:  # noqa: SLF001
         parent._prometheus.close_inherited()  # noqa: SLF001 - free the parent's port in this process
         parent._prometheus = None  # noqa: SLF001
+    parent._publisher = None  # noqa: SLF001 - the parent's file is the parent's: never written from here
     _fork.pending = parent
     with contextlib.suppress(RuntimeError):  # no thread (interpreter exiting): first use rebuilds
         _in_background("meshmetrics-after-fork", ensure_child_runtime)
@@ -622,3 +726,16 @@ def shutdown(timeout: float | None = None) -> bool:
     ensure_child_runtime()  # in a forked child: the rebuild (perhaps under way) is what to shut down
     handle = _current
     return True if handle is None else handle.shutdown(timeout)
+
+
+class _FollowingRegistry:
+    """What a mounted app collects from: the handle's registry, or its forked successor's."""
+
+    def __init__(self, handle: MetricsHandle) -> None:
+        self._handle = handle
+
+    def collect(self) -> Iterator[Any]:
+        """The families of the registry that serves this process now."""
+        registry = self._handle._current_registry()  # noqa: SLF001 - this module's own class
+        if registry is not None:
+            yield from registry.collect()

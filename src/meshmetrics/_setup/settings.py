@@ -45,6 +45,8 @@ DEFAULT_MAX_LABEL_LENGTH = 128
 EXPORT_INTERVAL_RANGE_S = (0.1, 86_400.0)  # 100 ms .. 24 h
 TIMEOUT_RANGE_S = (0.001, 3_600.0)  # 1 ms .. 1 h; an argument of inf means the upper bound
 SERIES_TTL_RANGE_S = (1.0, 2_592_000.0)  # 1 s .. 30 days, or 0 for never
+PUBLISH_INTERVAL_RANGE_S = (0.1, 60.0)  # multiprocess mode: how often a worker publishes
+DEFAULT_PUBLISH_INTERVAL_S = 1.0
 MAX_LABEL_LENGTH_RANGE = (1, 65_536)
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -128,6 +130,8 @@ class Settings:
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
     fast_path: bool = True
     series_ttl_s: float = 0.0
+    multiprocess_dir: str | None = None
+    multiprocess_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     attribute_policies: Mapping[str, Any] = field(default_factory=dict)
     normalizers: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
 
@@ -620,6 +624,24 @@ OPTIONS: tuple[Option, ...] = (
         "per-attribute `str -> str` functions, e.g. `template_path`",
         check=_mapping,
     ),
+    # several worker processes behind one endpoint
+    _o(
+        "multiprocess_dir",
+        "workers",
+        "off",
+        "directory where every worker process publishes its state; one `/metrics` serves them merged "
+        "(see Deployment)",
+        "MESHMETRICS_MULTIPROCESS_DIR",
+        check=_text,
+    ),
+    _o(
+        "multiprocess_interval",
+        "workers",
+        "1 s",
+        "how often each worker publishes (0.1 s .. 60 s); also at every graceful exit",
+        "MESHMETRICS_MULTIPROCESS_INTERVAL",
+        check=_bounded_seconds(*PUBLISH_INTERVAL_RANGE_S),
+    ),
 )
 
 OPTIONS_BY_KEY: Mapping[str, Option] = {option.key: option for option in OPTIONS}
@@ -799,6 +821,8 @@ def resolve(*, environ: Mapping[str, str] | None = None, **arguments: Any) -> Se
         max_label_length=got.get("max_label_length", DEFAULT_MAX_LABEL_LENGTH),
         fast_path=got.get("fast_path", True),
         series_ttl_s=got.get("series_ttl", 0.0),
+        multiprocess_dir=got.get("multiprocess_dir"),
+        multiprocess_interval_s=got.get("multiprocess_interval", DEFAULT_PUBLISH_INTERVAL_S),
         attribute_policies=policies,
         normalizers=normalizers,
     )

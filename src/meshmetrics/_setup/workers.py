@@ -1,0 +1,169 @@
+"""Multiprocess mode's life cycle in one process: publish its state, serve the merged view.
+
+Every process (a gunicorn or uvicorn worker, the preloading master) records
+as usual and publishes its cumulative state to the directory every
+``interval_s`` seconds and at exit. The process that holds the pull endpoint
+serves the merge of every file; the others retry the port at each publish,
+so when the serving process dies another one takes the endpoint over.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader, MetricsData
+from opentelemetry.sdk.resources import Resource
+
+from meshmetrics import semconv
+from meshmetrics._engine import workers
+from meshmetrics._log import RateLimitedLog, logger
+
+DEFAULT_PUBLISH_INTERVAL_S = 1.0
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+
+def merge_rules() -> dict[str, str]:
+    """Each gauge's merge rule, as the conventions registry declares it (``last`` when it says none)."""
+    return {
+        name: definition.multiprocess or "last"
+        for name, definition in semconv.METRICS.items()
+        if definition.instrument == "gauge"
+    }
+
+
+class PublishingReader(MetricReader):
+    """A cumulative reader whose collections become this process's published file."""
+
+    def __init__(self) -> None:
+        """Ask for cumulative temporality for every instrument."""
+        super().__init__(
+            preferred_temporality=dict.fromkeys(
+                (
+                    Counter,
+                    UpDownCounter,
+                    Histogram,
+                    ObservableCounter,
+                    ObservableUpDownCounter,
+                    ObservableGauge,
+                ),
+                _CUMULATIVE,
+            )
+        )
+        self.latest: MetricsData | None = None
+
+    def _receive_metrics(
+        self,
+        metrics_data: MetricsData,
+        timeout_millis: float = 10_000,  # noqa: ARG002 - the SDK's signature
+        **kwargs: Any,  # noqa: ARG002
+    ) -> None:
+        self.latest = metrics_data
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release."""
+
+
+class Publisher:
+    """Publishes this process's state to ``directory`` on a timer and at exit, and merges on demand."""
+
+    def __init__(
+        self,
+        directory: Path,
+        reader: PublishingReader,
+        *,
+        rules: Mapping[str, str],
+        resource: Resource,
+        removals: Callable[[], list[Any]],
+        interval_s: float = DEFAULT_PUBLISH_INTERVAL_S,
+        series_ttl_s: float = 0.0,
+        on_skipped: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Publish to a new file of this process in ``directory`` (created if missing)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.reader = reader
+        self.rules = dict(rules)
+        self.resource = resource
+        self.interval_s = interval_s
+        self.series_ttl_s = series_ttl_s
+        self._removals = removals
+        self._on_skipped = on_skipped
+        self._skipped_seen: set[str] = set()
+        self.pid = os.getpid()
+        self.start = workers.process_start(self.pid) or ""
+        self.path = workers.worker_file(directory, self.pid, self.start)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log = RateLimitedLog()
+        self.on_tick: Callable[[], None] = lambda: None
+
+    def publish(self) -> None:
+        """Write this process's cumulative state now (atomically)."""
+        with self._lock:
+            self.reader.collect()
+            document = workers.snapshot(
+                self.reader.latest, pid=self.pid, start=self.start, removals=self._removals()
+            )
+            workers.write_atomically(self.path, document)
+
+    def merged(self) -> MetricsData | None:
+        """Every worker's state merged (this process's published first), as the SDK's export data."""
+        try:
+            self.publish()
+            document, report = workers.merge(self.directory, self.rules, series_ttl_s=self.series_ttl_s)
+        except OSError as error:
+            self._log.warning(("merge",), "meshmetrics_multiprocess_merge_failed", error=repr(error))
+            return None
+        for name in report.skipped_files:
+            if name not in self._skipped_seen:
+                self._skipped_seen.add(name)
+                self._on_skipped()
+                self._log.warning(
+                    ("skipped", name),
+                    "meshmetrics_multiprocess_file_skipped",
+                    file=name,
+                    reason="empty, truncated or not a meshmetrics worker file",
+                )
+        return workers.to_metrics_data(document, self.resource)
+
+    def start_thread(self) -> None:
+        """Publish every ``interval_s`` seconds in a daemon thread (and run ``on_tick`` after each)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="meshmetrics-publisher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._round()
+
+    def _round(self) -> None:
+        try:
+            self.publish()
+            self.on_tick()
+        except Exception as error:  # the publisher must outlive one bad round
+            self._log.warning(("publish",), "meshmetrics_multiprocess_publish_failed", error=repr(error))
+
+    def close(self, *, final: bool = True) -> None:
+        """Stop the timer; with ``final``, publish the last state (graceful exit)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(1.0, self.interval_s * 2))
+        if final:
+            try:
+                self.publish()
+            except Exception as error:  # exiting: say it, do not raise
+                logger.warning("meshmetrics_multiprocess_final_publish_failed", error=repr(error))
