@@ -163,15 +163,17 @@ def test_one_endpoint_shows_every_workers_requests_exactly(tmp_path, kind, extra
 
 
 def test_recycling_workers_lose_nothing_and_prometheus_sees_no_reset(tmp_path):
-    with running("gunicorn-sync", tmp_path, "--max-requests", "50") as (port, metrics_port, _):
-        with prometheus_server([f"127.0.0.1:{metrics_port}"], scrape_interval="1s") as prometheus:
-            prometheus.wait_for("up == 1")
-            assert drive(port, N) == N
-            assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 3) == N
-            time.sleep(2.5)  # let Prometheus scrape the final value
-            resets = prometheus.query("resets(mesh_lb_requests_total[5m])")
-            assert resets, "Prometheus scraped no mesh_lb_requests_total"
-            assert all(float(r["value"][1]) == 0 for r in resets)
+    with (
+        running("gunicorn-sync", tmp_path, "--max-requests", "50") as (port, metrics_port, _),
+        prometheus_server([f"127.0.0.1:{metrics_port}"], scrape_interval="1s") as prometheus,
+    ):
+        prometheus.wait_for("up == 1")
+        assert drive(port, N) == N
+        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 3) == N
+        time.sleep(2.5)  # let Prometheus scrape the final value
+        resets = prometheus.query("resets(mesh_lb_requests_total[5m])")
+        assert resets, "Prometheus scraped no mesh_lb_requests_total"
+        assert all(float(r["value"][1]) == 0 for r in resets)
     assert len(list(tmp_path.glob("*.json"))) <= 4 + 1 + 1  # dozens of recycles, still workers + 1
 
 
