@@ -122,7 +122,7 @@ def test_a_thousand_worker_lifetimes_leave_workers_plus_one_files_and_totals_nev
 def test_empty_truncated_and_foreign_files_are_skipped_and_reported(tmp_path):
     publish(tmp_path, worker_document(5, 0, 1, pid=201))
     (tmp_path / "w-1-1-empty.json").write_text("")
-    (tmp_path / "w-2-1-cut.json").write_text('{"format": "meshmetrics-worker/1", "metrics": [')
+    (tmp_path / "w-2-1-cut.json").write_text('{"format": "meshmetrics-worker/2", "metrics": [')
     (tmp_path / "w-3-1-garbage.json").write_bytes(b"\x00\xff garbage")
     (tmp_path / "w-4-1-foreign.json").write_text('{"format": "something else", "metrics": []}')
     document, report = workers.merge(tmp_path, RULES, alive=lambda pid, _start: pid == 201)

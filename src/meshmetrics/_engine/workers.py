@@ -40,7 +40,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-FORMAT = "meshmetrics-worker/1"
+FORMAT = "meshmetrics-worker/2"
 ACCUMULATOR = "accumulated.json"
 _LOCK = ".lock"
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
@@ -94,12 +94,19 @@ def snapshot(
     }
 
 
+def _attribute_key(attributes: Mapping[str, Any]) -> str:
+    """One string naming an attribute set, whatever the order of its items (the merge's dict key)."""
+    return "\x1f".join(f"{k}\x1e{v!r}" for k, v in sorted(attributes.items()))
+
+
 def _encode_metric(metric: Metric, scope: list[str]) -> dict[str, Any] | None:
+    """A metric's points as ``[key, attributes, start, *values]`` lists."""
     data = metric.data
     base = {"name": metric.name, "description": metric.description, "unit": metric.unit, "scope": scope}
     if isinstance(data, Histogram) and data.aggregation_temporality is _CUMULATIVE:
         points = [
             [
+                _attribute_key(p.attributes or {}),
                 dict(p.attributes or {}),
                 p.start_time_unix_nano,
                 p.count,
@@ -114,12 +121,15 @@ def _encode_metric(metric: Metric, scope: list[str]) -> dict[str, Any] | None:
         return {**base, "kind": "histogram", "bounds": bounds, "points": points}
     if isinstance(data, Sum) and data.aggregation_temporality is _CUMULATIVE:
         kind = "counter" if data.is_monotonic else "updowncounter"
-        points = [[dict(p.attributes or {}), p.start_time_unix_nano, p.value] for p in data.data_points]
-        return {**base, "kind": kind, "points": points}
-    if isinstance(data, Gauge):
-        points = [[dict(p.attributes or {}), p.start_time_unix_nano, p.value] for p in data.data_points]
-        return {**base, "kind": "gauge", "points": points}
-    return None  # exponential histograms and delta data are not merged here
+    elif isinstance(data, Gauge):
+        kind = "gauge"
+    else:
+        return None  # exponential histograms and delta data are not merged here
+    points = [
+        [_attribute_key(p.attributes or {}), dict(p.attributes or {}), p.start_time_unix_nano, p.value]
+        for p in data.data_points
+    ]
+    return {**base, "kind": kind, "points": points}
 
 
 def write_atomically(path: Path, document: Mapping[str, Any]) -> None:
@@ -135,16 +145,18 @@ def worker_file(directory: Path, pid: int, start: str) -> Path:
 
 
 # Merging.
-_Key = tuple[str, str, str, str, frozenset[tuple[str, Any]]]
+_Shape = tuple[str, str, str]  # scope name, scope version, metric name
+_HISTOGRAM_WIDTH = 8  # key, attributes, start, count, sum, buckets, min, max
+_NUMBER_WIDTH = 4  # key, attributes, start, value
 
 
 @dataclass
 class _Merged:
-    """Merged points per series key, and what the metric looks like."""
+    """Merged points per metric and attribute key, and what each metric looks like."""
 
-    shapes: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    points: dict[_Key, list[Any]] = field(default_factory=dict)
-    stamps: dict[_Key, float] = field(default_factory=dict)
+    shapes: dict[_Shape, dict[str, Any]] = field(default_factory=dict)
+    points: dict[_Shape, dict[str, list[Any]]] = field(default_factory=dict)
+    stamps: dict[tuple[_Shape, str], float] = field(default_factory=dict)  # "last" gauges: when set
 
 
 @dataclass
@@ -157,36 +169,84 @@ class MergeReport:
     skipped_files: list[str] = field(default_factory=list)
 
 
-def _key(metric: Mapping[str, Any], attributes: Mapping[str, Any]) -> _Key:
+def _shape(metric: Mapping[str, Any]) -> _Shape:
     scope = metric["scope"]
-    return (scope[0], scope[1], metric["name"], metric["kind"], frozenset(attributes.items()))
+    return (scope[0], scope[1], metric["name"])
 
 
-def _add_point(merged: _Merged, metric: Mapping[str, Any], point: list[Any], rule: str, stamp: float) -> None:
-    shape_key = (metric["scope"][0], metric["scope"][1], metric["name"])
-    merged.shapes.setdefault(shape_key, {k: v for k, v in metric.items() if k != "points"})
-    key = _key(metric, point[0])
-    before = merged.points.get(key)
-    if before is None:
-        merged.points[key] = list(point)
-        merged.stamps[key] = stamp
-        return
-    before[1] = _extreme(min, before[1], point[1])
-    if metric["kind"] == "histogram":
-        before[2] += point[2]
+def _fold(merged: _Merged, document: Mapping[str, Any], rules: Mapping[str, str], *, live: bool) -> None:
+    """Add one worker's (or the accumulator's) points to ``merged`` by each metric's rule."""
+    stamp = float(document.get("time", 0.0))
+    for metric in document["metrics"]:
+        kind = metric["kind"]
+        if not live and kind not in ("counter", "histogram"):
+            continue  # an exited worker holds no connections and has no current state
+        shape = _shape(metric)
+        if shape not in merged.shapes:
+            merged.shapes[shape] = {k: v for k, v in metric.items() if k != "points"}
+        into = merged.points.setdefault(shape, {})
+        rule = rules.get(metric["name"], "last") if kind == "gauge" else "sum"
+        if rule == "worker":
+            _fold_per_worker(into, metric["points"], str(document.get("pid")))
+        elif kind == "histogram":
+            _fold_histograms(into, metric["points"])
+        elif rule == "sum":
+            _fold_sums(into, metric["points"])
+        else:
+            _fold_gauges(merged, shape, into, metric["points"], rule=rule, stamp=stamp)
+
+
+def _fold_sums(into: dict[str, list[Any]], points: Iterable[list[Any]]) -> None:
+    for point in points:
+        before = into.get(point[0])
+        if before is None:
+            into[point[0]] = point[:_NUMBER_WIDTH]
+        else:
+            before[2] = _extreme(min, before[2], point[2])
+            before[3] += point[3]
+
+
+def _fold_histograms(into: dict[str, list[Any]], points: Iterable[list[Any]]) -> None:
+    for point in points:
+        before = into.get(point[0])
+        if before is None:
+            into[point[0]] = [*point[:5], list(point[5]), *point[6:_HISTOGRAM_WIDTH]]
+            continue
+        before[2] = _extreme(min, before[2], point[2])
         before[3] += point[3]
-        before[4] = [a + b for a, b in zip(before[4], point[4], strict=False)]
-        before[5] = _extreme(min, before[5], point[5])
-        before[6] = _extreme(max, before[6], point[6])
-    elif metric["kind"] != "gauge" or rule == "sum":
-        before[2] += point[2]
-    elif rule == "max":
-        before[2] = max(before[2], point[2])
-    elif rule == "min":
-        before[2] = min(before[2], point[2])
-    elif stamp >= merged.stamps[key]:  # last: the most recent publish wins
-        before[2] = point[2]
-        merged.stamps[key] = stamp
+        before[4] += point[4]
+        before[5] = [a + b for a, b in zip(before[5], point[5], strict=False)]
+        before[6] = _extreme(min, before[6], point[6])
+        before[7] = _extreme(max, before[7], point[7])
+
+
+def _fold_gauges(
+    merged: _Merged,
+    shape: _Shape,
+    into: dict[str, list[Any]],
+    points: Iterable[list[Any]],
+    *,
+    rule: str,
+    stamp: float,
+) -> None:
+    for point in points:
+        before = into.get(point[0])
+        if before is None:
+            into[point[0]] = point[:_NUMBER_WIDTH]
+            merged.stamps[(shape, point[0])] = stamp
+        elif rule == "max":
+            before[3] = max(before[3], point[3])
+        elif rule == "min":
+            before[3] = min(before[3], point[3])
+        elif stamp >= merged.stamps[(shape, point[0])]:  # last: the most recent publish wins
+            before[3] = point[3]
+            merged.stamps[(shape, point[0])] = stamp
+
+
+def _fold_per_worker(into: dict[str, list[Any]], points: Iterable[list[Any]], pid: str) -> None:
+    for point in points:
+        attributes = {**point[1], WORKER_ATTRIBUTE: pid}
+        into[_attribute_key(attributes)] = [_attribute_key(attributes), attributes, *point[2:_NUMBER_WIDTH]]
 
 
 def _extreme(pick: Callable[[float, float], float], a: float | None, b: float | None) -> float | None:
@@ -195,36 +255,27 @@ def _extreme(pick: Callable[[float, float], float], a: float | None, b: float | 
     return a if b is None else pick(a, b)
 
 
-def _fold(merged: _Merged, document: Mapping[str, Any], rules: Mapping[str, str], *, live: bool) -> None:
-    stamp = float(document.get("time", 0.0))
-    for metric in document["metrics"]:
-        if not live and metric["kind"] not in ("counter", "histogram"):
-            continue  # an exited worker holds no connections and has no current state
-        rule = rules.get(metric["name"], "last")
-        for point in metric["points"]:
-            if rule == "worker" and metric["kind"] == "gauge":
-                point = [{**point[0], WORKER_ATTRIBUTE: str(document["pid"])}, *point[1:]]  # noqa: PLW2901
-            _add_point(merged, metric, point, rule, stamp)
-
-
 def _to_document(merged: _Merged) -> dict[str, Any]:
-    metrics: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for key, point in merged.points.items():
-        shape_key = (key[0], key[1], key[2])
-        metric = metrics.setdefault(shape_key, {**merged.shapes[shape_key], "points": []})
-        metric["points"].append(point)
-    return {"format": FORMAT, "time": time.time(), "metrics": list(metrics.values())}
+    metrics = [
+        {**merged.shapes[shape], "points": list(points.values())}
+        for shape, points in merged.points.items()
+        if points
+    ]
+    return {"format": FORMAT, "time": time.time(), "metrics": metrics}
 
 
-def _apply_removals(merged: _Merged, removals: Iterable[Any], folded_at: Mapping[_Key, float]) -> None:
+def _apply_removals(
+    merged: _Merged, removals: Iterable[Any], folded_at: Mapping[tuple[_Shape, str], float]
+) -> None:
     """Drop accumulated series that a worker ended after they were folded."""
     for removal in removals:
         when, names, where = float(removal[0]), set(removal[1]), dict(removal[2])
-        for key in [k for k in merged.points if k[2] in names]:
-            attributes = dict(key[4])
-            if all(attributes.get(k) == v for k, v in where.items()) and folded_at.get(key, 0.0) <= when:
-                del merged.points[key]
-                merged.stamps.pop(key, None)
+        for shape, points in merged.points.items():
+            if shape[2] not in names:
+                continue
+            for key in [k for k, p in points.items() if all(p[1].get(a) == v for a, v in where.items())]:
+                if folded_at.get((shape, key), 0.0) <= when:
+                    del points[key]
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -267,12 +318,12 @@ def merge(
             _fold(accumulated, document, rules, live=False)
             for metric in document["metrics"]:
                 for point in metric["points"]:
-                    folded_at[_key(metric, point[0])] = now
+                    folded_at[(_shape(metric), point[0])] = now
         for document in live:
             _apply_removals(accumulated, document.get("removals", ()), folded_at)
         if series_ttl_s > 0:  # idle accumulated series end too
-            for key in [k for k, t in folded_at.items() if now - t > series_ttl_s]:
-                accumulated.points.pop(key, None)
+            for shape, key in [k for k, t in folded_at.items() if now - t > series_ttl_s]:
+                accumulated.points.get(shape, {}).pop(key, None)
         if exited or not (directory / ACCUMULATOR).exists():
             _store_accumulator(directory, accumulated, folded_at, now)
             for path, _ in exited:
@@ -282,26 +333,26 @@ def merge(
         return _to_document(accumulated), report
 
 
-def _load_accumulator(directory: Path) -> tuple[_Merged, dict[_Key, float]]:
+def _load_accumulator(directory: Path) -> tuple[_Merged, dict[tuple[_Shape, str], float]]:
     accumulated, folded_at = _Merged(), {}
     previous = _load(directory / ACCUMULATOR)
-    for metric in previous["metrics"] if previous else ():
-        for point in metric["points"]:
-            folded_at[_key(metric, point[0])] = float(point[-1])
-            _add_point(
-                accumulated, metric, point[:7] if metric["kind"] == "histogram" else point[:3], "sum", 0.0
-            )
+    if previous is not None:
+        for metric in previous["metrics"]:
+            width = _HISTOGRAM_WIDTH if metric["kind"] == "histogram" else _NUMBER_WIDTH
+            for point in metric["points"]:
+                folded_at[(_shape(metric), point[0])] = float(point[width]) if len(point) > width else 0.0
+        _fold(accumulated, previous, {}, live=False)
     return accumulated, folded_at
 
 
 def _store_accumulator(
-    directory: Path, accumulated: _Merged, folded_at: Mapping[_Key, float], now: float
+    directory: Path, accumulated: _Merged, folded_at: Mapping[tuple[_Shape, str], float], now: float
 ) -> None:
     stored = _to_document(accumulated)
     for metric in stored["metrics"]:
-        for point in metric["points"]:
-            width = 7 if metric["kind"] == "histogram" else 3
-            point[width:] = [folded_at.get(_key(metric, point[0]), now)]
+        width = _HISTOGRAM_WIDTH if metric["kind"] == "histogram" else _NUMBER_WIDTH
+        shape = _shape(metric)
+        metric["points"] = [[*p[:width], folded_at.get((shape, p[0]), now)] for p in metric["points"]]
     write_atomically(directory / ACCUMULATOR, stored)
 
 
@@ -334,25 +385,25 @@ def to_metrics_data(document: Mapping[str, Any], resource: Resource) -> MetricsD
             data: Any = Histogram(
                 [
                     HistogramDataPoint(
-                        attributes=p[0],
-                        start_time_unix_nano=p[1],
+                        attributes=p[1],
+                        start_time_unix_nano=p[2],
                         time_unix_nano=now,
-                        count=p[2],
-                        sum=p[3],
-                        bucket_counts=p[4],
+                        count=p[3],
+                        sum=p[4],
+                        bucket_counts=p[5],
                         explicit_bounds=metric["bounds"],
-                        min=p[5],
-                        max=p[6],
+                        min=p[6],
+                        max=p[7],
                     )
                     for p in points
                 ],
                 _CUMULATIVE,
             )
         elif kind == "gauge":
-            data = Gauge([NumberDataPoint(p[0], p[1], now, p[2]) for p in points])
+            data = Gauge([NumberDataPoint(p[1], p[2], now, p[3]) for p in points])
         else:
             data = Sum(
-                [NumberDataPoint(p[0], p[1], now, p[2]) for p in points],
+                [NumberDataPoint(p[1], p[2], now, p[3]) for p in points],
                 _CUMULATIVE,
                 is_monotonic=kind == "counter",
             )
