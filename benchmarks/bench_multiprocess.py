@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 import meshmetrics
 from meshmetrics import LoadBalancerMetrics
 from meshmetrics._engine import workers
-from meshmetrics._serve.merged import MergedCollector
+from meshmetrics._serve.translate import TranslatingCollector
 from meshmetrics._setup.workers import merge_rules
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,7 +57,7 @@ def ours(directory: Path, processes: int, series: int) -> CollectorRegistry:
         return workers.to_metrics_data(document, resource)
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(MergedCollector(merged))
+    registry.register(TranslatingCollector(merged))
     return registry
 
 

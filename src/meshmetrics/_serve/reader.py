@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -29,31 +28,18 @@ _KINDS: tuple[type, ...] = (
 )
 
 
-def make_reader() -> tuple[PrometheusMetricReader, CollectorRegistry]:
-    """A Prometheus reader on its own registry (no clash with the global one or a second configure)."""
-    registry = CollectorRegistry(auto_describe=True)
-    return PrometheusMetricReader(registry=registry), registry
+class CumulativeReader(MetricReader):
+    """A reader collected on demand, cumulative for every instrument (as Prometheus wants)."""
 
-
-class PullReader(MetricReader):
-    """A reader collected at every scrape, whose data our own translation serves.
-
-    Cumulative for every instrument, as the OpenTelemetry Prometheus reader is;
-    unlike it, exemplars and exponential histograms reach the exposition.
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        """Register a :class:`TranslatingCollector` for this reader on ``registry``."""
+    def __init__(self) -> None:
+        """Ask the SDK for cumulative temporality everywhere."""
         super().__init__(preferred_temporality=dict.fromkeys(_KINDS, AggregationTemporality.CUMULATIVE))
-        self._registry = registry
         self._lock = threading.Lock()
         self._latest: MetricsData | None = None
-        self._collector = TranslatingCollector(self.pull)
-        registry.register(self._collector)
 
     def pull(self) -> MetricsData | None:
         """Collect now and return what was collected (``None`` before the provider is set up)."""
-        with self._lock:  # concurrent scrapes each get their own collection
+        with self._lock:  # concurrent callers each get their own collection
             self._latest = None
             self.collect()
             latest, self._latest = self._latest, None
@@ -66,12 +52,31 @@ class PullReader(MetricReader):
         self._latest = metrics_data
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release."""
+        del timeout_millis, kwargs
+
+
+class PullReader(CumulativeReader):
+    """A reader collected at every scrape, whose data our own translation serves.
+
+    Unlike the OpenTelemetry Prometheus reader, exemplars and exponential
+    histograms reach the exposition.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register a :class:`TranslatingCollector` for this reader on ``registry``."""
+        super().__init__()
+        self._registry = registry
+        self._collector = TranslatingCollector(self.pull)
+        registry.register(self._collector)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop serving: the registry forgets the collector."""
         del timeout_millis, kwargs  # the SDK's signature; unregistering is instant
         self._registry.unregister(self._collector)
 
 
 def make_translating_reader() -> tuple[PullReader, CollectorRegistry]:
-    """Like :func:`make_reader`, served by our translation (exemplars, native histograms)."""
+    """A pull reader on its own registry (no clash with the global one or a second configure)."""
     registry = CollectorRegistry(auto_describe=True)
     return PullReader(registry), registry

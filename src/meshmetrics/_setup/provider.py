@@ -37,7 +37,7 @@ from meshmetrics._serve import apps as _apps
 from meshmetrics._serve import http as _http
 from meshmetrics._serve import reader as _prometheus
 from meshmetrics._serve.exposition import EndpointAuth
-from meshmetrics._serve.merged import MergedCollector
+from meshmetrics._serve.translate import TranslatingCollector
 from meshmetrics._setup import otlp as _otlp
 from meshmetrics._setup import settings as _config
 from meshmetrics._setup import workers as _workers
@@ -435,16 +435,16 @@ def _serve_endpoint(
 
 def _pull_readers(
     settings: _config.Settings, readers: list[MetricReader]
-) -> tuple[_workers.PublishingReader | None, CollectorRegistry | None]:
+) -> tuple[_prometheus.CumulativeReader | None, CollectorRegistry | None]:
     """Add the pull side's readers: this process's own endpoint, or (multiprocess) its published state."""
     if settings.multiprocess_dir:
-        publishing = _workers.PublishingReader()
+        publishing = _prometheus.CumulativeReader()
         readers.append(publishing)
         # the endpoint serves every worker merged: its collector is registered once the provider exists
         return publishing, CollectorRegistry(auto_describe=True) if settings.prometheus_enabled else None
     if not settings.prometheus_enabled:
         return None, None
-    endpoint_reader, registry = _prometheus.make_reader()
+    endpoint_reader, registry = _prometheus.make_translating_reader()
     readers.append(endpoint_reader)
     return None, registry
 
@@ -495,7 +495,7 @@ def _build(
             on_skipped=runtime.count_unreadable_file,
         )
         if registry is not None:
-            registry.register(MergedCollector(publisher.merged))
+            registry.register(TranslatingCollector(publisher.merged))
     endpoint = None
     if registry is not None and settings.prometheus_server:
         try:

@@ -15,20 +15,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-    UpDownCounter,
-)
-from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricsData
 from opentelemetry.sdk.resources import Resource
 
 from meshmetrics import semconv
 from meshmetrics._engine import workers
 from meshmetrics._log import RateLimitedLog, logger
+from meshmetrics._serve.reader import CumulativeReader
 
 DEFAULT_PUBLISH_INTERVAL_S = 1.0
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
@@ -43,45 +36,13 @@ def merge_rules() -> dict[str, str]:
     }
 
 
-class PublishingReader(MetricReader):
-    """A cumulative reader whose collections become this process's published file."""
-
-    def __init__(self) -> None:
-        """Ask for cumulative temporality for every instrument."""
-        super().__init__(
-            preferred_temporality=dict.fromkeys(
-                (
-                    Counter,
-                    UpDownCounter,
-                    Histogram,
-                    ObservableCounter,
-                    ObservableUpDownCounter,
-                    ObservableGauge,
-                ),
-                _CUMULATIVE,
-            )
-        )
-        self.latest: MetricsData | None = None
-
-    def _receive_metrics(
-        self,
-        metrics_data: MetricsData,
-        timeout_millis: float = 10_000,  # noqa: ARG002 - the SDK's signature
-        **kwargs: Any,  # noqa: ARG002
-    ) -> None:
-        self.latest = metrics_data
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Nothing to release."""
-
-
 class Publisher:
     """Publishes this process's state to ``directory`` on a timer and at exit, and merges on demand."""
 
     def __init__(
         self,
         directory: Path,
-        reader: PublishingReader,
+        reader: CumulativeReader,
         *,
         rules: Mapping[str, str],
         resource: Resource,
@@ -113,9 +74,8 @@ class Publisher:
     def publish(self) -> None:
         """Write this process's cumulative state now (atomically)."""
         with self._lock:
-            self.reader.collect()
             document = workers.snapshot(
-                self.reader.latest, pid=self.pid, start=self.start, removals=self._removals()
+                self.reader.pull(), pid=self.pid, start=self.start, removals=self._removals()
             )
             workers.write_atomically(self.path, document)
 
