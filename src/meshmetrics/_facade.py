@@ -118,22 +118,14 @@ class Facade:
         runtime.policy.internal_error(metric, error)
 
     def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
-        runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
+        # inlined _runtime(): this is the hot path; a forked child's first measurement builds its provider
+        runtime = self._explicit or state.current or ensure_child_runtime()
         if runtime is None:
-            runtime = ensure_child_runtime()  # a forked child's first measurement builds its provider
-            if runtime is None:
-                return
+            return
         try:
-            table = runtime.tables[metric.name]
-            try:
-                series = table.cache.get(values)
-            except Exception:
-                series = None
-            if series is None:
-                series = table.find(values)
-                if series is None:
-                    return
-            series.add(amount)
+            series = runtime.tables[metric.name].series_of(values)
+            if series is not None:
+                series.add(amount)
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
@@ -146,11 +138,9 @@ class Facade:
         values: tuple[object, ...],
     ) -> None:
         """Validate ``value`` and record it on a histogram (``record``) or gauge (``set``)."""
-        runtime = self._explicit or state.current  # inlined _runtime(): this is the hot path
+        runtime = self._explicit or state.current or ensure_child_runtime()  # as in _add
         if runtime is None:
-            runtime = ensure_child_runtime()  # a forked child's first measurement builds its provider
-            if runtime is None:
-                return
+            return
         try:
             # the common case, a finite non-negative float duration, skips the validator call
             if validator is duration and type(value) is float and 0.0 <= value < _INF:
@@ -160,15 +150,9 @@ class Facade:
                 if validated is None:
                     return
                 checked = validated
-            table = runtime.tables[metric.name]
-            try:
-                series = table.cache.get(values)
-            except Exception:
-                series = None
+            series = runtime.tables[metric.name].series_of(values)
             if series is None:
-                series = table.find(values)
-                if series is None:
-                    return
+                return
             if metric.instrument == "histogram":
                 series.record(checked)
             else:

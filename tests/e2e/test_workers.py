@@ -149,7 +149,7 @@ def wait_for_total(metrics_port: int, expected: float, within_s: float) -> float
 def test_one_endpoint_shows_every_workers_requests_exactly(tmp_path, kind, extra):
     with running(kind, tmp_path, *extra) as (port, metrics_port, _):
         assert drive(port, N) == N
-        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 3) == N
+        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 8) == N
         for _ in range(3):  # and on every scrape after
             total, text = scrape(metrics_port)
             assert total == N
@@ -169,7 +169,7 @@ def test_recycling_workers_lose_nothing_and_prometheus_sees_no_reset(tmp_path):
     ):
         prometheus.wait_for("up == 1")
         assert drive(port, N) == N
-        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 3) == N
+        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 8) == N
         time.sleep(2.5)  # let Prometheus scrape the final value
         resets = prometheus.query("resets(mesh_lb_requests_total[5m])")
         assert resets, "Prometheus scraped no mesh_lb_requests_total"
@@ -180,7 +180,7 @@ def test_recycling_workers_lose_nothing_and_prometheus_sees_no_reset(tmp_path):
 def test_a_killed_worker_loses_at_most_what_it_recorded_since_its_last_publish(tmp_path):
     with running("gunicorn-sync", tmp_path) as (port, metrics_port, _):
         assert drive(port, 400) == 400
-        assert wait_for_total(metrics_port, 400, within_s=2 * PUBLISH_INTERVAL_S + 3) == 400
+        assert wait_for_total(metrics_port, 400, within_s=2 * PUBLISH_INTERVAL_S + 8) == 400
         published = 400
         victims = [int(p.name.split("-")[1]) for p in tmp_path.glob("w-*.json")]
         victim = next(pid for pid in victims if pid != _serving_pid(metrics_port))
@@ -188,7 +188,7 @@ def test_a_killed_worker_loses_at_most_what_it_recorded_since_its_last_publish(t
         time.sleep(0.5)
         assert drive(port, 200) == 200
         assert (
-            wait_for_total(metrics_port, published + 200, within_s=2 * PUBLISH_INTERVAL_S + 5)
+            wait_for_total(metrics_port, published + 200, within_s=2 * PUBLISH_INTERVAL_S + 8)
             == published + 200
         )
 
@@ -213,7 +213,7 @@ def _serving_pid(metrics_port: int) -> int:
 def test_when_the_serving_worker_dies_another_takes_the_endpoint_over(tmp_path):
     with running("gunicorn-sync", tmp_path) as (port, metrics_port, _):
         assert drive(port, 100) == 100
-        assert wait_for_total(metrics_port, 100, within_s=2 * PUBLISH_INTERVAL_S + 3) == 100
+        assert wait_for_total(metrics_port, 100, within_s=2 * PUBLISH_INTERVAL_S + 8) == 100
         serving = _serving_pid(metrics_port)
         assert serving > 0
         os.kill(serving, signal.SIGKILL)

@@ -96,7 +96,7 @@ class Runtime:
             for reader in readers or ()
         }
         self.exemplar_filter = exemplar_filter(settings)
-        exponential = "exponential" in kinds.values()
+        exponential = any(kind != "explicit" for kind in kinds.values())
         self.tables: dict[str, series.Table] = {}
         for name, definition in semconv.METRICS.items():
             if name in _OBSERVABLE:
@@ -193,7 +193,7 @@ class Runtime:
         self._count_rejected("meshmetrics.multiprocess", "unreadable_worker_file")
 
     def _self_metric(self, table: series.Table, values: tuple[str, str]) -> None:
-        found = table.lookup(values)
+        found = table.series_of(values)
         if found is not None:
             found.add(1)
 

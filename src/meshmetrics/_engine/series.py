@@ -14,6 +14,13 @@ otherwise the policy sanitises them into labels and the table applies the
 metric's budgets (a live-series count per bounded value, so freeing a place
 rescans nothing) and its series limit, creating and publishing a new series
 under the table's lock.
+
+With an exemplar filter other than ``always_off`` a table's series are
+:class:`SampledSeries`, which also keep the last sampled measurement per
+thread (per bucket for histograms; see ``exemplars.py``); with
+``exponential=True`` a histogram's series are :class:`ExponentialSeries`,
+which keep base-2 exponential buckets beside the explicit ones (see
+``exponential.py``) so each reader can be sent either kind.
 """
 
 from __future__ import annotations
@@ -25,9 +32,13 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from math import floor, log
+from typing import Any, NamedTuple
 
 from meshmetrics._definitions import OTHER, MetricDefinition
+from meshmetrics._engine import exemplars as _exemplars
+from meshmetrics._engine import exponential as _exponential
+from meshmetrics._engine.exemplars import ExemplarFilter
 from meshmetrics._policy.core import Labels, Policy
 
 OVERFLOW_ATTRIBUTES: Mapping[str, Any] = {"otel.metric.overflow": True}
@@ -43,6 +54,9 @@ CACHE_LIMIT = 8192
 SUM, MIN, MAX, IMIN, IMAX, BUCKETS = range(6)
 monotonic = time.monotonic  # the clock of idleness (tests replace it)
 _RETIRED = 0  # the slot that keeps what finished threads recorded (written by collections only)
+_context = _exemplars.current_context
+_SPAN_KEY = _exemplars.SPAN_KEY
+_time_ns = time.time_ns
 
 
 _local = threading.local()  # .slot: the calling thread's slot
@@ -83,9 +97,11 @@ class Series:
         "bounds",
         "cells",
         "ended",
+        "exemplars",
         "labels",
         "last_change_s",
         "last_total",
+        "seen",
         "sent",
         "start_ns",
         "table",
@@ -100,6 +116,8 @@ class Series:
         self.start_ns = time.time_ns()
         self.cells: dict[int, Any] = {}
         self.sent: dict[int, Any] = {}  # reader id -> what that reader was last sent (delta)
+        self.exemplars: dict[int, Any] = {}  # slot -> that thread's sample(s) (SampledSeries only)
+        self.seen: dict[int, frozenset[Any]] = {}  # reader id -> the samples it has been given or passed
         self.aliases: set[tuple[object, ...]] = set()  # raw tuples of the hot-path cache
         self.ended = False
         self.last_total: Any = None
@@ -165,6 +183,7 @@ class Series:
         if self.table.kind == "gauge" or all(slot in live or slot == _RETIRED for slot in list(cells)):
             return
         for slot in [s for s in list(cells) if s != _RETIRED and s not in live]:
+            self._fold_samples(slot)
             cell = cells.pop(slot)
             retired = cells.get(_RETIRED)
             if self.table.kind != "histogram":
@@ -178,10 +197,185 @@ class Series:
                 for index in range(BUCKETS, len(retired)):
                     retired[index] += cell[index]
 
+    def _fold_samples(self, slot: int) -> None:
+        """Keep a finished thread's newest samples in the retired slot."""
+        samples = self.exemplars.pop(slot, None)
+        if samples is None:
+            return
+        retired = self.exemplars.get(_RETIRED)
+        if not isinstance(samples, list):  # a counter's one sample
+            self.exemplars[_RETIRED] = _exemplars.newest(retired, samples)
+        elif retired is None:
+            self.exemplars[_RETIRED] = samples
+        else:
+            self.exemplars[_RETIRED] = [
+                _exemplars.newest(r, s) for r, s in zip(retired, samples, strict=True)
+            ]
+
     def reset_interval_extremes(self) -> None:
         """Start a new delta interval for min and max (shared by every delta reader)."""
         for cell in list(self.cells.values()):
             cell[IMIN], cell[IMAX] = math.inf, -math.inf
+
+
+class SampledSeries(Series):
+    """A series that also keeps exemplars: the filter is ``trace_based``, or ``always_on`` when ``always``.
+
+    Each thread keeps its last sampled measurement (a counter) or its last
+    per bucket (a histogram) in ``exemplars[slot]``, written only by that
+    thread, like its cell.
+    """
+
+    __slots__ = ("always",)
+
+    def __init__(self, table: Table, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> None:
+        """A new series of ``table``, sampling with the table's exemplar filter."""
+        super().__init__(table, labels, attributes)
+        self.always = table.exemplar_filter == "always_on"
+
+    def add(self, amount: float) -> None:
+        """Add ``amount`` in the calling thread's cell; keep it as that thread's exemplar if sampled."""
+        try:
+            slot = _local.slot
+        except AttributeError:
+            slot = _new_slot()
+        cells = self.cells
+        cells[slot] = cells.get(slot, 0) + amount
+        span = _context().get(_SPAN_KEY)
+        if span is not None:
+            # a SpanContext is a tuple: unpacking it is cheaper than its properties (pinned by a test)
+            trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
+            if flags & 1 or (self.always and valid):
+                self.exemplars[slot] = (amount, _time_ns(), span_id, trace_id)
+                return
+        if self.always:
+            self.exemplars[slot] = (amount, _time_ns(), None, None)
+
+    def record(self, value: float) -> None:
+        """Count ``value`` in its bucket; keep it as the bucket's exemplar in this thread if sampled."""
+        try:
+            slot = _local.slot
+        except AttributeError:
+            slot = _new_slot()
+        cell = self.cells.get(slot)
+        if cell is None:
+            cell = self.cells[slot] = self.table.new_cell()
+        cell[SUM] += value
+        if value < cell[MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
+            cell[MIN] = value
+        if value > cell[MAX]:  # noqa: PLR1730
+            cell[MAX] = value
+        if value < cell[IMIN]:  # noqa: PLR1730
+            cell[IMIN] = value
+        if value > cell[IMAX]:  # noqa: PLR1730
+            cell[IMAX] = value
+        bucket = bisect_left(self.bounds, value)
+        cell[BUCKETS + bucket] += 1
+        span = _context().get(_SPAN_KEY)
+        if span is not None:
+            trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
+            if flags & 1 or (self.always and valid):
+                self._keep(slot, bucket, (value, _time_ns(), span_id, trace_id))
+                return
+        if self.always:
+            self._keep(slot, bucket, (value, _time_ns(), None, None))
+
+    def _keep(self, slot: int, bucket: int, sample: _exemplars.Sample) -> None:
+        samples = self.exemplars.get(slot)
+        if samples is None:
+            samples = self.exemplars[slot] = [None] * (len(self.bounds) + 1)
+        samples[bucket] = sample
+
+
+class HistogramTotal(NamedTuple):
+    """The merged value of an :class:`ExponentialSeries`: both kinds of buckets."""
+
+    explicit: list[Any]
+    exponential: _exponential.Snapshot
+
+
+class ExponentialSeries(SampledSeries):
+    """A histogram series keeping base-2 exponential buckets beside the explicit ones.
+
+    ``expo[slot]`` is the calling thread's exponential cell (see
+    ``exponential.py``); exemplars are kept per explicit bucket unless the
+    table's filter is ``always_off``.
+    """
+
+    __slots__ = ("expo", "sampling")
+
+    def __init__(self, table: Table, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> None:
+        """A new exponential series of ``table``."""
+        super().__init__(table, labels, attributes)
+        self.expo: dict[int, _exponential.Cell] = {}
+        self.sampling = table.exemplar_filter != "always_off"
+
+    def record(self, value: float) -> None:  # noqa: C901, PLR0912 - one inlined hot path, no calls
+        """Count ``value`` in its explicit and its exponential bucket; keep an exemplar if sampled."""
+        try:
+            slot = _local.slot
+        except AttributeError:
+            slot = _new_slot()
+        cell = self.cells.get(slot)
+        if cell is None:
+            cell = self.cells[slot] = self.table.new_cell()
+        cell[SUM] += value
+        if value < cell[MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
+            cell[MIN] = value
+        if value > cell[MAX]:  # noqa: PLR1730
+            cell[MAX] = value
+        if value < cell[IMIN]:  # noqa: PLR1730
+            cell[IMIN] = value
+        if value > cell[IMAX]:  # noqa: PLR1730
+            cell[IMAX] = value
+        bucket = bisect_left(self.bounds, value)
+        cell[BUCKETS + bucket] += 1
+        expo = self.expo.get(slot)
+        if expo is None:
+            expo = self.expo[slot] = _exponential.new_cell()
+        # exponential.record inlined for normal floats; expo is [scale, factor, low, high, zero, counts,
+        # state, mask]: the index from the logarithm, checked with frexp only at an octave's first
+        # index (where an exact power of two belongs one lower), and the range checked only when a
+        # bucket is used for the first time
+        if value >= 2.2250738585072014e-308:  # noqa: PLR2004 - the smallest normal float, a literal here
+            scale = expo[0]
+            if scale > 0:
+                index = floor(log(value) * expo[1])
+                if not index & expo[7]:
+                    index = _exponential.index_of(value, scale)
+            else:
+                index = _exponential.index_of(value, scale)
+            try:
+                expo[5][index] += 1
+            except KeyError:
+                _exponential.add_bucket(expo, value, index)
+        else:
+            _exponential.record(expo, value)  # zero, or a subnormal value
+        if not self.sampling:
+            return
+        span = _context().get(_SPAN_KEY)
+        if span is not None:
+            trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
+            if flags & 1 or (self.always and valid):
+                self._keep(slot, bucket, (value, _time_ns(), span_id, trace_id))
+                return
+        if self.always:
+            self._keep(slot, bucket, (value, _time_ns(), None, None))
+
+    def total(self, live: frozenset[int] | None = None) -> HistogramTotal:
+        """Both kinds of buckets merged over every thread (finished threads folded first with ``live``)."""
+        explicit = super().total(live)
+        return HistogramTotal(explicit, _exponential.merge(list(self.expo.values())))
+
+    def _fold_finished(self, live: frozenset[int]) -> None:
+        for slot in [s for s in list(self.expo) if s != _RETIRED and s not in live]:
+            cell = self.expo.pop(slot)
+            retired = self.expo.get(_RETIRED)
+            if retired is None:
+                self.expo[_RETIRED] = cell
+            else:
+                _exponential.fold(retired, cell)
+        super()._fold_finished(live)
 
 
 class SdkSeries(Series):
@@ -225,11 +419,16 @@ class Table:
         sdk_instrument: Any = None,
         series_ttl_s: float = 0.0,
         count_folds: bool = True,
+        exemplar_filter: ExemplarFilter = "always_off",
+        exponential: bool = False,
     ) -> None:
         """Hold the series of ``definition``; with ``sdk_instrument`` they record on the SDK instead.
 
         On the SDK path the SDK's View applies the series limit, and series
-        cannot end (the SDK keeps every series it has seen).
+        cannot end (the SDK keeps every series it has seen). On the fast path
+        counters, up-down counters and histograms keep exemplars as
+        ``exemplar_filter`` says, and with ``exponential`` a histogram also
+        keeps base-2 exponential buckets.
         """
         self.definition = definition
         self.name = definition.name
@@ -240,6 +439,13 @@ class Table:
         self.limit = definition.cardinality_limit if sdk_instrument is None else math.inf
         self.series_ttl_s = series_ttl_s
         self.count_folds = count_folds
+        self.exemplar_filter: ExemplarFilter = exemplar_filter
+        self.exponential = exponential and self.kind == "histogram"
+        self._series_class: type[Series] = Series
+        if self.exponential:
+            self._series_class = ExponentialSeries
+        elif exemplar_filter != "always_off" and self.kind != "gauge":
+            self._series_class = SampledSeries
         self.lock = threading.Lock()  # publishing, ending, budgets, and one collection at a time
         self.cache: dict[tuple[object, ...], Series] = {}  # raw tuple -> series: the hot path
         self.by_labels: dict[tuple[str, ...], Series] = {}  # the live series
@@ -252,9 +458,13 @@ class Table:
         return [0.0, math.inf, -math.inf, math.inf, -math.inf] + [0] * (len(self.bounds) + 1)
 
     # Finding a series (the slow path: the first use of a raw tuple, or a folded one).
-    def lookup(self, values: tuple[str, ...]) -> Series | None:
-        """The series of ``values`` (plain strings, hashable), from the cache when it is there."""
-        return self.cache.get(values) or self.find(values)
+    def series_of(self, values: tuple[object, ...]) -> Series | None:
+        """The live series of raw ``values`` (one dict lookup when cached); None if the policy rejects them."""
+        try:
+            series = self.cache.get(values)
+        except Exception:  # unhashable or hostile: the policy says why
+            series = None
+        return series if series is not None else self.find(values)
 
     def find(self, values: tuple[object, ...]) -> Series | None:
         """The live series for raw ``values``, published if new; None if the policy rejected them."""
@@ -325,7 +535,7 @@ class Table:
     def _new_series(self, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> Series:
         if self.sdk_instrument is not None:
             return SdkSeries(self, labels, attributes, self.sdk_instrument)
-        return Series(self, labels, attributes)
+        return self._series_class(self, labels, attributes)
 
     def _overflow(self) -> Series:
         """Must hold the lock: the one series beyond the limit, as the SDK names it."""
