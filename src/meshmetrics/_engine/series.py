@@ -459,7 +459,7 @@ class Table:
 
     # Finding a series (the slow path: the first use of a raw tuple, or a folded one).
     def series_of(self, values: tuple[object, ...]) -> Series | None:
-        """The live series of raw ``values`` (one dict lookup when cached); None if the policy rejects them."""
+        """The live series of raw ``values`` (one lookup when cached); None if the policy rejects them."""
         try:
             series = self.cache.get(values)
         except Exception:  # unhashable or hostile: the policy says why
