@@ -227,8 +227,36 @@ def render_semconv(attributes: dict[str, dict[str, Any]], metrics: list[dict[str
             f"        counterparts={tuple(metric['counterparts'])!r},",
             "    ),",
         ]
+    out += [
+        "}",
+        "",
+        "# Prometheus exposition: the metric's base name, every sample name it exposes,",
+        "# and each attribute's label name. Dashboards, rules and `meshmetrics top` use these.",
+        "PROMETHEUS_NAMES: Final[dict[str, str]] = {",
+    ]
+    out.extend(f'    "{metric["name"]}": "{metric["prometheus_name"]}",' for metric in metrics)
+    out += ["}", "", "PROMETHEUS_SAMPLES: Final[dict[str, tuple[str, ...]]] = {"]
+    for metric in metrics:
+        samples = ", ".join(f'"{sample}"' for sample in prometheus_samples(metric))
+        comma = "," if len(prometheus_samples(metric)) == 1 else ""
+        out.append(f'    "{metric["name"]}": ({samples}{comma}),')
+    out += ["}", "", "PROMETHEUS_LABELS: Final[dict[str, str]] = {"]
+    out.extend(f'    "{key}": "{prometheus_label(key)}",' for key in attributes)
     out += ["}", ""]
     return "\n".join(out)
+
+
+def prometheus_samples(metric: dict[str, Any]) -> tuple[str, ...]:
+    """Sample names a metric exposes: a histogram's _bucket, _sum and _count, else its name."""
+    name = metric["prometheus_name"]
+    if metric["instrument"] == "histogram":
+        return (f"{name}_bucket", f"{name}_sum", f"{name}_count")
+    return (name,)
+
+
+def prometheus_label(key: str) -> str:
+    """Prometheus label name of an attribute key (``mesh.lb.strategy`` -> ``mesh_lb_strategy``)."""
+    return sanitize_full_name(key)
 
 
 def _load_profiles() -> Any:

@@ -21,7 +21,7 @@ from meshmetrics import semconv
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "conventions" / "dashboards" / "mesh-overview.json"
 
-M = {name: definition.prometheus_name for name, definition in semconv.METRICS.items()}
+M = semconv.PROMETHEUS_NAMES
 SEL = 'mesh_service=~"$service"'
 RI = "$__rate_interval"
 
@@ -134,6 +134,35 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
                 ],
             ),
             (
+                "Pick share per instance",
+                "timeseries",
+                "percentunit",
+                "Each instance's share of its service's picks (mesh.lb.requests).",
+                [
+                    (
+                        ratio(
+                            rate(M["mesh.lb.requests"], "mesh_service, mesh_instance"),
+                            "ignoring (mesh_instance) group_left "
+                            + rate(M["mesh.lb.requests"], "mesh_service"),
+                        ),
+                        "{{mesh_service}} {{mesh_instance}}",
+                    )
+                ],
+            ),
+            (
+                "Latency estimate per instance",
+                "timeseries",
+                "s",
+                "What latency-aware strategies pick by, e.g. an EWMA (mesh.lb.instance.latency_estimate).",
+                [
+                    (
+                        f"max by (mesh_service, mesh_instance) "
+                        f"({M['mesh.lb.instance.latency_estimate']}{{{SEL}}})",
+                        "{{mesh_instance}}",
+                    )
+                ],
+            ),
+            (
                 "Active connections",
                 "timeseries",
                 "short",
@@ -166,6 +195,42 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
                     (
                         f"sum by (mesh_service, mesh_health_state) ({M['mesh.lb.endpoints']}{{{SEL}}})",
                         "{{mesh_service}} {{mesh_health_state}}",
+                    )
+                ],
+            ),
+            (
+                "Ejections by reason",
+                "timeseries",
+                "ops",
+                "Outlier detection ejecting instances (mesh.lb.ejections).",
+                [
+                    (
+                        rate(M["mesh.lb.ejections"], "mesh_service, mesh_instance, mesh_lb_ejection_reason"),
+                        "{{mesh_instance}} {{mesh_lb_ejection_reason}}",
+                    )
+                ],
+            ),
+            (
+                "Ejected endpoints",
+                "timeseries",
+                "short",
+                "Instances out of the pool now (mesh.lb.ejections.active).",
+                [
+                    (
+                        f"sum by (mesh_service) ({M['mesh.lb.ejections.active']}{{{SEL}}})",
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
+                "Share of time ejected",
+                "timeseries",
+                "percentunit",
+                "Seconds ejected per second, per instance (mesh.lb.ejection.time).",
+                [
+                    (
+                        rate(M["mesh.lb.ejection.time"], "mesh_service, mesh_instance"),
+                        "{{mesh_instance}}",
                     )
                 ],
             ),
@@ -272,6 +337,18 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
                 ],
             ),
             (
+                "Retry budget remaining",
+                "timeseries",
+                "short",
+                "Retries the budget allows now; at 0 retries are refused (exhaust_reason=budget).",
+                [
+                    (
+                        f"min by (mesh_service) ({M['mesh.retry.budget.remaining']}{{{SEL}}})",
+                        "{{mesh_service}}",
+                    )
+                ],
+            ),
+            (
                 "Retries exhausted by reason",
                 "timeseries",
                 "reqps",
@@ -296,6 +373,21 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
                 [
                     (
                         f"max by (mesh_service, mesh_circuit_breaker_state) ({M['mesh.circuit_breaker.state']}{{{SEL}}}) == 1",
+                        "{{mesh_service}} {{mesh_circuit_breaker_state}}",
+                    )
+                ],
+            ),
+            (
+                "Share of time in each state",
+                "timeseries",
+                "percentunit",
+                "Seconds per second in each state (mesh.circuit_breaker.state.time): "
+                "shows openings shorter than a scrape interval.",
+                [
+                    (
+                        rate(
+                            M["mesh.circuit_breaker.state.time"], "mesh_service, mesh_circuit_breaker_state"
+                        ),
                         "{{mesh_service}} {{mesh_circuit_breaker_state}}",
                     )
                 ],

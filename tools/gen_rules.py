@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/gen_rules.py [--objective 0.999] [--output PATH] [--check]
+    python tools/gen_rules.py [--objective 0.999] [--runbook-base URL] [--output PATH] [--check]
 
 Every metric and label name comes from the registry (``meshmetrics.semconv``),
 so a renamed metric breaks generation instead of silently breaking an alert.
@@ -23,35 +23,34 @@ from meshmetrics import semconv
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "conventions" / "prometheus" / "rules.yaml"
-# Relative to the repository; point it at your own copy with --runbook-base.
+# Relative to the repository by default; point it at where you host the runbooks
+# with --runbook-base (e.g. https://wiki.example.com/meshmetrics-runbooks).
 RUNBOOK = "conventions/prometheus/README.md"
 
-M = {name: definition.prometheus_name for name, definition in semconv.METRICS.items()}
+M = semconv.PROMETHEUS_NAMES
 CALLS = M["mesh.call.duration"] + "_count"
 CALL_BUCKETS = M["mesh.call.duration"] + "_bucket"
 ATTEMPTS = M["mesh.retry.attempts"]
 BREAKER_STATE = M["mesh.circuit_breaker.state"]
+BREAKER_STATE_TIME = M["mesh.circuit_breaker.state.time"]
+EJECTIONS = M["mesh.lb.ejections"]
 HEALTH = M["mesh.health.status"]
 OVERFLOWS = M["meshmetrics.attribute.overflows"]
 REJECTED = M["meshmetrics.measurements.rejected"]
 
-
-def label(key: str) -> str:
-    """Prometheus label name of a registry attribute (dots become underscores)."""
-    assert key in semconv.ATTRIBUTES, key
-    return key.replace(".", "_")
-
-
-SERVICE = label("mesh.service")
-OUTCOME = label("mesh.outcome")
-INSTANCE = label("mesh.instance")
-ATTEMPT = label("mesh.retry.attempt")
-STATE = label("mesh.circuit_breaker.state")
-HEALTH_STATE = label("mesh.health.state")
+L = semconv.PROMETHEUS_LABELS
+SERVICE = L["mesh.service"]
+OUTCOME = L["mesh.outcome"]
+INSTANCE = L["mesh.instance"]
+ATTEMPT = L["mesh.retry.attempt"]
+STATE = L["mesh.circuit_breaker.state"]
+HEALTH_STATE = L["mesh.health.state"]
 SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 ERROR_RATIO_THRESHOLD = 0.05
 P99_THRESHOLD_S = 1.0
 RETRY_RATIO_THRESHOLD = 0.2
+BREAKER_OPEN_SHARE_THRESHOLD = 0.1  # 6 minutes of the last hour
+RECURRING_EJECTIONS = 3  # per instance in an hour
 
 
 def recording_rules() -> list[dict[str, str]]:
@@ -89,6 +88,7 @@ def recording_rules() -> list[dict[str, str]]:
 def alert(
     name: str, expr: str, duration: str, severity: str, summary: str, description: str
 ) -> dict[str, object]:
+    """One alerting rule; its runbook_url is completed by :func:`render`."""
     return {
         "alert": name,
         "expr": expr,
@@ -97,7 +97,7 @@ def alert(
         "annotations": {
             "summary": summary,
             "description": description,
-            "runbook_url": f"{RUNBOOK}#{name.lower()}",
+            "runbook_url": f"#{name.lower()}",
         },
     }
 
@@ -137,6 +137,27 @@ def alerting_rules(objective: float) -> list[dict[str, object]]:
             "critical",
             "{{ $labels.mesh_service }}: circuit breaker open for 5 minutes",
             "Calls to {{ $labels.mesh_service }} are being rejected by an open circuit breaker.",
+        ),
+        alert(
+            "MeshCircuitBreakerOpenShare",
+            (
+                f'sum by ({SERVICE}) (increase({BREAKER_STATE_TIME}{{{STATE}=~"open|forced_open"}}[1h]))'
+                f" / sum by ({SERVICE}) (increase({BREAKER_STATE_TIME}[1h])) > {BREAKER_OPEN_SHARE_THRESHOLD}"
+            ),
+            "5m",
+            "warning",
+            "{{ $labels.mesh_service }}: circuit breaker open for more than 10% of the last hour",
+            "The breaker of {{ $labels.mesh_service }} spent {{ $value | humanizePercentage }} of the last "
+            "hour open: it keeps tripping, even if it is closed at each scrape.",
+        ),
+        alert(
+            "MeshOutlierEjectionsRecurring",
+            f"sum by ({SERVICE}, {INSTANCE}) (increase({EJECTIONS}[1h])) >= {RECURRING_EJECTIONS}",
+            "5m",
+            "warning",
+            "{{ $labels.mesh_service }}/{{ $labels.mesh_instance }} ejected again and again",
+            f"Outlier detection ejected {{{{ $labels.mesh_instance }}}} ({{{{ $labels.mesh_service }}}}) "
+            f"{RECURRING_EJECTIONS} or more times in the last hour: it fails each time it comes back.",
         ),
         alert(
             "MeshRetryStorm",
@@ -189,11 +210,17 @@ def alerting_rules(objective: float) -> list[dict[str, object]]:
     ]
 
 
-def render(objective: float) -> str:
+def render(objective: float, runbook: str = RUNBOOK) -> str:
+    """The rules file for a success-rate SLO of ``objective``, runbooks at ``runbook``."""
+    alerts = alerting_rules(objective)
+    for rule in alerts:
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        annotations["runbook_url"] = runbook + annotations["runbook_url"]
     document = {
         "groups": [
             {"name": "meshmetrics.recording", "rules": recording_rules()},
-            {"name": "meshmetrics.alerts", "rules": alerting_rules(objective)},
+            {"name": "meshmetrics.alerts", "rules": alerts},
         ]
     }
     header = (
@@ -206,12 +233,17 @@ def render(objective: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objective", type=float, default=0.999, help="success-rate SLO (default 0.999)")
+    parser.add_argument(
+        "--runbook-base",
+        default=RUNBOOK,
+        help=f"where the runbooks live; each alert's runbook_url is this + #alertname (default: {RUNBOOK})",
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--check", action="store_true", help="fail if the output is stale")
     args = parser.parse_args()
     if not 0 < args.objective < 1:
         parser.error("--objective must be between 0 and 1")
-    content = render(args.objective)
+    content = render(args.objective, args.runbook_base)
     if args.check:
         if not args.output.exists() or args.output.read_text() != content:
             print(f"{args.output} is stale; run `make conventions`", file=sys.stderr)

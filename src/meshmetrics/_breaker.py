@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from meshmetrics import _facade, semconv
+from meshmetrics._definitions import MetricDefinition
 
 _M = semconv.METRICS
 _STATE = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_STATE]
@@ -14,11 +15,33 @@ _TRANSITIONS = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_TRANSITIONS]
 _CALLS = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_CALLS]
 _FAILURE_RATE = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_FAILURE_RATE]
 _RECOVERY = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_RECOVERY_DURATION]
+_STATE_TIME = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_STATE_TIME]
 STATES = semconv.ATTRIBUTES[semconv.ATTR_MESH_CIRCUIT_BREAKER_STATE].allowed_values
 _CLOSED = semconv.MeshCircuitBreakerStateValues.CLOSED
 _TRIPPED = frozenset(
     {semconv.MeshCircuitBreakerStateValues.OPEN, semconv.MeshCircuitBreakerStateValues.FORCED_OPEN}
 )
+# How often, at most, a tracker adds the time spent in the current state when
+# only calls (no transition, no flush()) happen: bounds how stale the counter is.
+FLUSH_INTERVAL_S = 1.0
+
+
+def add_seconds(
+    facade: _facade.Facade, metric: MetricDefinition, seconds: float, values: tuple[object, ...]
+) -> None:
+    """Add ``seconds`` (validated as a duration) to a counter of seconds."""
+    runtime = facade._runtime()  # noqa: SLF001 - a facade helper, kept beside its users
+    if runtime is None:
+        return
+    checked = _facade.duration(runtime.policy, metric.name, "seconds", seconds)
+    if checked:  # nothing to add for zero, and no series created for it
+        facade._add(metric, checked, values)  # type: ignore[arg-type]  # noqa: SLF001 - amounts are floats
+
+
+def _known_state(state: object) -> str | None:
+    """The breaker state ``state`` names (enum members and any case accepted), or None."""
+    name = _facade.state_name(state)
+    return name if type(name) is str and name in STATES else None
 
 
 class CircuitBreakerMetrics(_facade.Facade):
@@ -45,8 +68,8 @@ class CircuitBreakerMetrics(_facade.Facade):
 
     def record_state_change(self, service: str, previous_state: str, state: str) -> None:
         """Count a transition and move the one-hot state gauge to ``state``."""
-        previous = _facade._state_name(previous_state)  # noqa: SLF001 - shared normaliser
-        current = _facade._state_name(state)  # noqa: SLF001
+        previous = _facade.state_name(previous_state)
+        current = _facade.state_name(state)
         self._add(_TRANSITIONS, 1, (service, previous, current))
         self.set_state(service, state)
 
@@ -66,6 +89,10 @@ class CircuitBreakerMetrics(_facade.Facade):
         """Record the time, in seconds, from the breaker opening to closing again."""
         self._measure(_RECOVERY, _facade.duration, "duration", duration, (service,))
 
+    def record_state_time(self, service: str, state: str, seconds: float) -> None:
+        """Add ``seconds`` spent in ``state`` (``mesh.circuit_breaker.state.time``)."""
+        add_seconds(self, _STATE_TIME, seconds, (service, _facade.state_name(state)))
+
     def tracker(
         self,
         service: str,
@@ -77,10 +104,17 @@ class CircuitBreakerMetrics(_facade.Facade):
 
 
 class CircuitBreakerTracker:
-    """Follows one breaker's state and records transitions, state and recovery duration.
+    """Follows one breaker's state and records transitions, state, time in state and recovery.
 
     Recovery is timed from the first trip (closed -> open) to the next close,
     however many open <-> half_open round trips happen in between.
+
+    Time in state (``mesh.circuit_breaker.state.time``) is added at every
+    transition (to the state left), on :meth:`flush`, and at most once per
+    ``FLUSH_INTERVAL_S`` on :meth:`record_call`, so a breaker that keeps seeing
+    calls reports its current state's time within a second. A breaker open for
+    200 ms between two scrapes is invisible to the one-hot gauge, not to this
+    counter.
     """
 
     def __init__(
@@ -95,34 +129,36 @@ class CircuitBreakerTracker:
         self._service = service
         self._clock = clock
         self._lock = threading.Lock()
-        self._state = str(_facade._state_name(initial_state))  # noqa: SLF001
-        self._entered = clock()
+        known = _known_state(initial_state)
+        self._state = known or _CLOSED
+        self._accounted = clock()  # time in the current state is recorded up to here
         self._opened_at: float | None = clock() if self._state in _TRIPPED else None
-        metrics.set_state(service, self._state)
+        metrics.set_state(service, known or initial_state)  # an unknown state is rejected there
 
     @property
     def state(self) -> str:
         """The current state."""
         return self._state
 
-    def time_in_state(self) -> float:
-        """Seconds since the breaker entered its current state."""
-        return self._clock() - self._entered
-
     def transition(self, state: str) -> None:
         """The breaker moved to ``state``; a move to the same state is ignored."""
-        new = str(_facade._state_name(state))  # noqa: SLF001
+        new = _known_state(state)
+        if new is None:  # not a breaker state: rejected (counted, or raised in strict mode)
+            self._metrics.record_state_change(self._service, self._state, state)
+            return
         with self._lock:
             previous = self._state
             if new == previous:
                 return
             now = self._clock()
-            self._state, self._entered = new, now
+            spent, self._accounted = now - self._accounted, now
+            self._state = new
             recovered = None
             if new in _TRIPPED and self._opened_at is None:
                 self._opened_at = now
             elif new == _CLOSED and self._opened_at is not None:
                 recovered, self._opened_at = now - self._opened_at, None
+        self._metrics.record_state_time(self._service, previous, spent)
         self._metrics.record_state_change(self._service, previous, new)
         if recovered is not None:
             self._metrics.record_recovery(self._service, recovered)
@@ -130,6 +166,20 @@ class CircuitBreakerTracker:
     def record_call(self, outcome: str) -> None:
         """Count a call by outcome (success, failure, rejected, ignored)."""
         self._metrics.record_call(self._service, outcome)
+        if self._clock() - self._accounted >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the time spent in the current state since it was last added.
+
+        Call it before a collection (or periodically) when the breaker sees no
+        calls, for the counter to include the current state's time up to now.
+        """
+        with self._lock:
+            now = self._clock()
+            spent, self._accounted = now - self._accounted, now
+            state = self._state
+        self._metrics.record_state_time(self._service, state, spent)
 
     def set_failure_rate(self, rate: float) -> None:
         """Set the breaker's current failure ratio."""

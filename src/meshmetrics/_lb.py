@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
 from meshmetrics import _facade, semconv
+from meshmetrics._breaker import add_seconds
 
 _M = semconv.METRICS
 _REQUESTS = _M[semconv.METRIC_MESH_LB_REQUESTS]
@@ -12,7 +21,16 @@ _CONNECTIONS = _M[semconv.METRIC_MESH_LB_CONNECTIONS_ACTIVE]
 _CONNECTION_FAILURES = _M[semconv.METRIC_MESH_LB_CONNECTION_FAILURES]
 _HEALTH_SCORE = _M[semconv.METRIC_MESH_LB_INSTANCE_HEALTH_SCORE]
 _ENDPOINTS = _M[semconv.METRIC_MESH_LB_ENDPOINTS]
+_LATENCY_ESTIMATE = _M[semconv.METRIC_MESH_LB_INSTANCE_LATENCY_ESTIMATE]
+_EJECTIONS = _M[semconv.METRIC_MESH_LB_EJECTIONS]
+_EJECTIONS_ACTIVE = _M[semconv.METRIC_MESH_LB_EJECTIONS_ACTIVE]
+_EJECTION_TIME = _M[semconv.METRIC_MESH_LB_EJECTION_TIME]
 _HEALTH_STATES = semconv.ATTRIBUTES[semconv.ATTR_MESH_HEALTH_STATE].allowed_values
+# How often, at most, an outlier tracker's ejections and unejections also add
+# the time the instances still ejected have spent ejected so far.
+FLUSH_INTERVAL_S = 1.0
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class LoadBalancerMetrics(_facade.Facade):
@@ -72,6 +90,15 @@ class LoadBalancerMetrics(_facade.Facade):
         """Set the health score of ``instance``, from 0 (unusable) to 1 (fully healthy)."""
         self._measure(_HEALTH_SCORE, _facade.ratio, "score", score, (service, instance))
 
+    def set_latency_estimate(self, service: str, instance: str, seconds: float) -> None:
+        """Set the balancer's latency estimate for ``instance``, in seconds (e.g. its EWMA).
+
+        What a latency-aware strategy (least latency, power of two choices on
+        EWMA, as Linkerd's balancer) picks by: exported, an operator sees why
+        an instance gets fewer picks (``mesh.lb.instance.latency_estimate``).
+        """
+        self._measure(_LATENCY_ESTIMATE, _facade.duration, "seconds", seconds, (service, instance))
+
     def set_endpoints(
         self,
         service: str,
@@ -89,6 +116,53 @@ class LoadBalancerMetrics(_facade.Facade):
         for state in _HEALTH_STATES:
             self._measure(_ENDPOINTS, _facade.count, state, counts[state], (service, state))
 
+    def track_request(
+        self,
+        service: str,
+        instance: str,
+        strategy: str,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> RequestTracker:
+        """Track one request to ``instance``: the pick, the open connection, duration and error.
+
+        A context manager (``with`` and ``async with``) and a decorator (sync and
+        async functions). Entering counts the pick (``mesh.lb.requests``) and
+        opens a connection (``mesh.lb.connections.active`` + 1); leaving closes
+        it and records the duration, with ``error.type`` and ``mesh.lb.errors``
+        when the request failed: because the block raised, or because it called
+        ``attempt.failed(status)``. The exception propagates unchanged.
+
+        Example::
+
+            with lb.track_request("api", "api-1", "round_robin") as attempt:
+                response = send(request)
+                if response.status >= 500:
+                    attempt.failed(response.status)
+        """
+        return RequestTracker(self, service, instance, strategy, clock)
+
+    def record_ejection(self, service: str, instance: str, reason: str) -> None:
+        """Outlier detection ejected ``instance``; ``reason`` as Envoy names it.
+
+        Counts the ejection (``mesh.lb.ejections``) and the ejected endpoint
+        (``mesh.lb.ejections.active`` + 1). Pair it with :meth:`record_unejection`,
+        or let :meth:`outlier_tracker` pair them and time the ejection.
+        """
+        self._add(_EJECTIONS, 1, (service, instance, reason))
+        self._add(_EJECTIONS_ACTIVE, 1, (service, instance))
+
+    def record_unejection(self, service: str, instance: str) -> None:
+        """``instance`` is back in rotation (``mesh.lb.ejections.active`` - 1)."""
+        self._add(_EJECTIONS_ACTIVE, -1, (service, instance))
+
+    def record_ejection_time(self, service: str, instance: str, seconds: float) -> None:
+        """Add ``seconds`` spent ejected by ``instance`` (``mesh.lb.ejection.time``)."""
+        add_seconds(self, _EJECTION_TIME, seconds, (service, instance))
+
+    def outlier_tracker(self, service: str, clock: Callable[[], float] = time.monotonic) -> OutlierTracker:
+        """A tracker for one service's outlier detection: it pairs ejections and times them."""
+        return OutlierTracker(self, service, clock)
+
     def remove_instance(self, service: str, instance: str) -> None:
         """``instance`` left the balancer: its series end and its budget place is freed.
 
@@ -97,3 +171,168 @@ class LoadBalancerMetrics(_facade.Facade):
         to the instances that replace it.
         """
         self._remove_instance(service, instance)
+
+
+class RequestTracker:
+    """One request to one instance, recorded in one step; see ``LoadBalancerMetrics.track_request``."""
+
+    __slots__ = ("_clock", "_error", "_instance", "_metrics", "_service", "_started", "_strategy")
+
+    def __init__(
+        self,
+        metrics: LoadBalancerMetrics,
+        service: str,
+        instance: str,
+        strategy: str,
+        clock: Callable[[], float],
+    ) -> None:
+        """Prepare to track a request to ``instance`` of ``service`` picked by ``strategy``."""
+        self._metrics = metrics
+        self._service = service
+        self._instance = instance
+        self._strategy = strategy
+        self._clock = clock
+        self._started = 0.0
+        self._error: object = None
+
+    def failed(self, error: object) -> None:
+        """The request failed with ``error`` (a status code, exception or error class).
+
+        For failures that do not raise, such as a 503 response. The first error
+        given wins over an exception raised later in the block.
+        """
+        if self._error is None:
+            self._error = error
+
+    def _begin(self) -> None:
+        self._error = None
+        self._metrics.record_request(self._service, self._instance, self._strategy)
+        self._metrics.connection_opened(self._service, self._instance)
+        self._started = self._clock()
+
+    def _end(self, raised: BaseException | None) -> None:
+        duration = self._clock() - self._started
+        error = self._error if self._error is not None else raised
+        metrics, service, instance = self._metrics, self._service, self._instance
+        metrics.connection_closed(service, instance)
+        metrics.observe_request_duration(service, instance, duration, error)
+        if error is not None:
+            metrics.record_error(service, instance, error)
+
+    def __enter__(self) -> RequestTracker:
+        """Count the pick and open the connection."""
+        self._begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Record the request; never swallows the exception."""
+        self._end(exc)
+
+    async def __aenter__(self) -> RequestTracker:
+        """Count the pick and open the connection."""
+        self._begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Record the request; never swallows the exception."""
+        self._end(exc)
+
+    def __call__(self, function: _F) -> _F:
+        """Decorate a sync or async function so that every call is one tracked request."""
+        metrics, service, instance = self._metrics, self._service, self._instance
+        strategy, clock = self._strategy, self._clock
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with RequestTracker(metrics, service, instance, strategy, clock):
+                    return await function(*args, **kwargs)
+
+            return cast("_F", async_wrapper)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with RequestTracker(metrics, service, instance, strategy, clock):
+                return function(*args, **kwargs)
+
+        return cast("_F", wrapper)
+
+
+class OutlierTracker:
+    """Follows outlier detection for one service: which instances are ejected, and for how long.
+
+    :meth:`eject` and :meth:`uneject` are idempotent per instance. Time spent
+    ejected (``mesh.lb.ejection.time``) is added when an instance comes back,
+    on :meth:`flush`, and at most once per ``FLUSH_INTERVAL_S`` on other
+    ejections and unejections; call :meth:`flush` periodically for a long
+    ejection to show while it lasts.
+    """
+
+    def __init__(self, metrics: LoadBalancerMetrics, service: str, clock: Callable[[], float]) -> None:
+        """Start with no instance ejected."""
+        self._metrics = metrics
+        self._service = service
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._accounted: dict[str, float] = {}  # ejected instance -> time accounted up to
+        self._last_flush = clock()
+
+    @property
+    def ejected(self) -> frozenset[str]:
+        """Instances currently ejected."""
+        return frozenset(self._accounted)
+
+    def eject(self, instance: str, reason: str) -> bool:
+        """Eject ``instance`` for ``reason``; False (nothing recorded) if it already is."""
+        try:
+            with self._lock:
+                if instance in self._accounted:
+                    return False
+                self._accounted[instance] = self._clock()
+        except Exception:  # an instance that cannot be a key (its hash or eq raises)
+            self._metrics.record_ejection(self._service, instance, reason)  # rejected there
+            return False
+        self._metrics.record_ejection(self._service, instance, reason)
+        self._maybe_flush()
+        return True
+
+    def uneject(self, instance: str) -> bool:
+        """``instance`` is back in rotation; False (nothing recorded) if it was not ejected."""
+        try:
+            with self._lock:
+                since = self._accounted.pop(instance, None)
+                if since is None:
+                    return False
+                elapsed = self._clock() - since
+        except Exception:  # an instance that cannot be a key: it was never ejected here
+            self._metrics.record_unejection(self._service, instance)  # rejected there
+            return False
+        self._metrics.record_ejection_time(self._service, instance, elapsed)
+        self._metrics.record_unejection(self._service, instance)
+        self._maybe_flush()
+        return True
+
+    def flush(self) -> None:
+        """Add the time every ejected instance has spent ejected since it was last added."""
+        with self._lock:
+            now = self._clock()
+            self._last_flush = now
+            elapsed = {instance: now - since for instance, since in self._accounted.items()}
+            for instance in elapsed:
+                self._accounted[instance] = now
+        for instance, seconds in elapsed.items():
+            self._metrics.record_ejection_time(self._service, instance, seconds)
+
+    def _maybe_flush(self) -> None:
+        if self._clock() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()

@@ -86,8 +86,7 @@ class ServiceMeshMetrics(_facade.Facade):
     # The service registry.
     def record_registration(self, service: str, *, success: bool = True, error: object = None) -> None:
         """An instance of ``service`` registered (or failed to)."""
-        self._registry(service, "register", success, error)
-        if success:
+        if self._registry(service, "register", success, error):
             self._add(_REGISTRY_INSTANCES, 1, (service,))
 
     def record_deregistration(
@@ -98,8 +97,7 @@ class ServiceMeshMetrics(_facade.Facade):
         Naming the ``instance`` ends its series (health status, health score,
         connections, ...) at once and frees its place in the ``mesh.instance`` budget.
         """
-        self._registry(service, "deregister", success, error)
-        if success:
+        if self._registry(service, "deregister", success, error):
             self._add(_REGISTRY_INSTANCES, -1, (service,))
             if instance is not None:
                 self._remove_instance(service, instance)
@@ -108,10 +106,12 @@ class ServiceMeshMetrics(_facade.Facade):
         """An instance of ``service`` renewed its registration lease (or failed to)."""
         self._registry(service, "renew", success, error)
 
-    def _registry(self, service: str, operation: str, success: bool, error: object) -> None:
-        outcome = "success" if success else "failure"
-        error_class = None if success else (_facade.failure_type(error))
+    def _registry(self, service: str, operation: str, success: object, error: object) -> bool:
+        """Count a registry operation; True if it succeeded."""
+        outcome = _facade.outcome(success)  # a value whose truth raises is rejected, not raised
+        error_class = None if outcome == "success" else _facade.failure_type(error)
         self._add(_REGISTRY_OPERATIONS, 1, (service, operation, outcome, error_class))
+        return outcome == "success"
 
     # Instance health.
     def set_health_status(self, service: str, instance: str, state: str) -> None:
@@ -126,7 +126,7 @@ class ServiceMeshMetrics(_facade.Facade):
 
     def record_health_check(self, service: str, instance: str, *, success: bool) -> None:
         """Count a health check of ``instance`` by outcome."""
-        self._add(_HEALTH_CHECKS, 1, (service, instance, "success" if success else "failure"))
+        self._add(_HEALTH_CHECKS, 1, (service, instance, _facade.outcome(success)))
 
     # Circuit breakers, reachable from here too.
     def record_circuit_state_change(self, service: str, previous_state: str, state: str) -> None:

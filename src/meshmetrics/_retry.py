@@ -16,6 +16,7 @@ _DELAY = _M[semconv.METRIC_MESH_RETRY_DELAY]
 _DURATION = _M[semconv.METRIC_MESH_RETRY_DURATION]
 _ERRORS = _M[semconv.METRIC_MESH_RETRY_ERRORS]
 _EXHAUSTED = _M[semconv.METRIC_MESH_RETRY_EXHAUSTED]
+_BUDGET = _M[semconv.METRIC_MESH_RETRY_BUDGET_REMAINING]
 _MAX_ATTEMPT_LABEL = 10
 _ATTEMPT_LABELS = {n: str(n) for n in range(1, _MAX_ATTEMPT_LABEL + 1)}
 
@@ -76,7 +77,8 @@ class RetryMetrics(_facade.Facade):
         checked = runtime.policy.count(_CALLS.name, "attempts", attempts, minimum=1)
         if checked is None:
             return
-        outcome = retry_outcome(bool(succeeded), checked)
+        verdict = _facade.outcome(succeeded)  # a value whose truth raises is rejected, not raised
+        outcome = retry_outcome(verdict == "success", checked) if type(verdict) is str else verdict
         self._add(_CALLS, 1, (service, operation, outcome))
         self._measure(_CALL_ATTEMPTS, _facade.attempts, "attempts", checked, (service, operation))
         self._measure(_DURATION, _facade.duration, "duration", duration, (service, operation, outcome))
@@ -87,6 +89,15 @@ class RetryMetrics(_facade.Facade):
         ``reason``: max_attempts, budget, deadline or circuit_open.
         """
         self._add(_EXHAUSTED, 1, (service, operation, reason))
+
+    def set_budget_remaining(self, service: str, retries: int) -> None:
+        """Set how many retries the retry budget of ``service`` allows now (``mesh.retry.budget.remaining``).
+
+        Report it from your budget (Envoy's ``remaining_retries``, a Linkerd-style
+        ratio budget); when it refuses a retry, end the call with
+        ``give_up("budget")`` or ``record_exhausted(..., "budget")``.
+        """
+        self._measure(_BUDGET, _facade.count, "retries", retries, (service,))
 
     def track_call(
         self, service: str, operation: str, clock: Callable[[], float] = time.perf_counter

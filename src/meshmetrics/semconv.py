@@ -15,6 +15,7 @@ ATTR_MESH_SERVICE: Final = "mesh.service"
 ATTR_MESH_INSTANCE: Final = "mesh.instance"
 ATTR_MESH_OPERATION: Final = "mesh.operation"
 ATTR_MESH_LB_STRATEGY: Final = "mesh.lb.strategy"
+ATTR_MESH_LB_EJECTION_REASON: Final = "mesh.lb.ejection.reason"
 ATTR_MESH_OUTCOME: Final = "mesh.outcome"
 ATTR_MESH_RETRY_ATTEMPT: Final = "mesh.retry.attempt"
 ATTR_MESH_RETRY_OUTCOME: Final = "mesh.retry.outcome"
@@ -36,8 +37,12 @@ METRIC_MESH_LB_ERRORS: Final = "mesh.lb.errors"
 METRIC_MESH_LB_CONNECTIONS_ACTIVE: Final = "mesh.lb.connections.active"
 METRIC_MESH_LB_CONNECTION_FAILURES: Final = "mesh.lb.connection.failures"
 METRIC_MESH_LB_INSTANCE_HEALTH_SCORE: Final = "mesh.lb.instance.health_score"
+METRIC_MESH_LB_INSTANCE_LATENCY_ESTIMATE: Final = "mesh.lb.instance.latency_estimate"
 METRIC_MESH_LB_ENDPOINTS: Final = "mesh.lb.endpoints"
 METRIC_MESH_LB_LOAD_IMBALANCE: Final = "mesh.lb.load_imbalance"
+METRIC_MESH_LB_EJECTIONS: Final = "mesh.lb.ejections"
+METRIC_MESH_LB_EJECTIONS_ACTIVE: Final = "mesh.lb.ejections.active"
+METRIC_MESH_LB_EJECTION_TIME: Final = "mesh.lb.ejection.time"
 METRIC_MESH_RETRY_ATTEMPTS: Final = "mesh.retry.attempts"
 METRIC_MESH_RETRY_CALLS: Final = "mesh.retry.calls"
 METRIC_MESH_RETRY_CALL_ATTEMPTS: Final = "mesh.retry.call.attempts"
@@ -45,6 +50,7 @@ METRIC_MESH_RETRY_DELAY: Final = "mesh.retry.delay"
 METRIC_MESH_RETRY_DURATION: Final = "mesh.retry.duration"
 METRIC_MESH_RETRY_ERRORS: Final = "mesh.retry.errors"
 METRIC_MESH_RETRY_EXHAUSTED: Final = "mesh.retry.exhausted"
+METRIC_MESH_RETRY_BUDGET_REMAINING: Final = "mesh.retry.budget.remaining"
 METRIC_MESH_CALL_DURATION: Final = "mesh.call.duration"
 METRIC_MESH_CALLS_ACTIVE: Final = "mesh.calls.active"
 METRIC_MESH_REGISTRY_OPERATIONS: Final = "mesh.registry.operations"
@@ -56,6 +62,7 @@ METRIC_MESH_CIRCUIT_BREAKER_TRANSITIONS: Final = "mesh.circuit_breaker.transitio
 METRIC_MESH_CIRCUIT_BREAKER_CALLS: Final = "mesh.circuit_breaker.calls"
 METRIC_MESH_CIRCUIT_BREAKER_FAILURE_RATE: Final = "mesh.circuit_breaker.failure_rate"
 METRIC_MESH_CIRCUIT_BREAKER_RECOVERY_DURATION: Final = "mesh.circuit_breaker.recovery.duration"
+METRIC_MESH_CIRCUIT_BREAKER_STATE_TIME: Final = "mesh.circuit_breaker.state.time"
 METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS: Final = "meshmetrics.attribute.overflows"
 METRIC_MESHMETRICS_MEASUREMENTS_REJECTED: Final = "meshmetrics.measurements.rejected"
 
@@ -70,6 +77,18 @@ class MeshLbStrategyValues:
     POWER_OF_TWO_CHOICES: Final = "power_of_two_choices"
     CONSISTENT_HASH: Final = "consistent_hash"
     LEAST_LATENCY: Final = "least_latency"
+    OTHER: Final = "_OTHER"
+
+
+class MeshLbEjectionReasonValues:
+    """Allowed values of ``mesh.lb.ejection.reason``."""
+
+    CONSECUTIVE_5XX: Final = "consecutive_5xx"
+    CONSECUTIVE_GATEWAY_FAILURE: Final = "consecutive_gateway_failure"
+    CONSECUTIVE_LOCAL_ORIGIN_FAILURE: Final = "consecutive_local_origin_failure"
+    CONSECUTIVE_FAILURES: Final = "consecutive_failures"
+    SUCCESS_RATE: Final = "success_rate"
+    FAILURE_PERCENTAGE: Final = "failure_percentage"
     OTHER: Final = "_OTHER"
 
 
@@ -204,6 +223,15 @@ ATTRIBUTES: Final[dict[str, AttributeDefinition]] = {
         policy="enum",
         limit=0,
         allowed_values=('round_robin', 'least_connections', 'random', 'weighted_round_robin', 'power_of_two_choices', 'consistent_hash', 'least_latency', '_OTHER'),
+    ),
+    "mesh.lb.ejection.reason": AttributeDefinition(
+        key="mesh.lb.ejection.reason",
+        type="enum",
+        brief="Why outlier detection ejected an instance from the load-balancing pool (Envoy's ejection types).",
+        stability="development",
+        policy="enum",
+        limit=0,
+        allowed_values=('consecutive_5xx', 'consecutive_gateway_failure', 'consecutive_local_origin_failure', 'consecutive_failures', 'success_rate', 'failure_percentage', '_OTHER'),
     ),
     "mesh.outcome": AttributeDefinition(
         key="mesh.outcome",
@@ -403,6 +431,19 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         cardinality_limit=2000,
         counterparts=(('envoy', 'outlier detection ejection state (cluster.outlier_detection.ejections_active)'), ('linkerd', 'EWMA peak latency (not exported as a metric)')),
     ),
+    "mesh.lb.instance.latency_estimate": MetricDefinition(
+        name="mesh.lb.instance.latency_estimate",
+        instrument="gauge",
+        unit="s",
+        brief="The load balancer's current latency estimate for an instance (e.g. an EWMA of recent requests), the figure latency-aware strategies pick by.",
+        stability="development",
+        attributes=(AttributeUse("mesh.service", "required", ''), AttributeUse("mesh.instance", "required", ''),),
+        facade="LoadBalancerMetrics",
+        prometheus_name="mesh_lb_instance_latency_estimate_seconds",
+        buckets=(),
+        cardinality_limit=2000,
+        counterparts=(('linkerd', 'EWMA peak latency of the power-of-two-choices balancer (internal, not exported)'), ('grpc', 'grpc.lb.wrr.endpoint_weights (weights from reported utilisation; nearest)')),
+    ),
     "mesh.lb.endpoints": MetricDefinition(
         name="mesh.lb.endpoints",
         instrument="gauge",
@@ -428,6 +469,45 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         buckets=(),
         cardinality_limit=2000,
         counterparts=(),
+    ),
+    "mesh.lb.ejections": MetricDefinition(
+        name="mesh.lb.ejections",
+        instrument="counter",
+        unit="{ejection}",
+        brief='Instances ejected from the load-balancing pool by outlier detection, by reason.',
+        stability="development",
+        attributes=(AttributeUse("mesh.service", "required", ''), AttributeUse("mesh.instance", "required", ''), AttributeUse("mesh.lb.ejection.reason", "required", ''),),
+        facade="LoadBalancerMetrics",
+        prometheus_name="mesh_lb_ejections_total",
+        buckets=(),
+        cardinality_limit=2000,
+        counterparts=(('envoy', 'cluster.outlier_detection.ejections_enforced_total (per cluster; per type in ejections_enforced_<type>)'), ('linkerd', 'failure accrual (no per-endpoint ejection counter)'), ('istio', 'envoy_cluster_outlier_detection_ejections_enforced_total')),
+    ),
+    "mesh.lb.ejections.active": MetricDefinition(
+        name="mesh.lb.ejections.active",
+        instrument="updowncounter",
+        unit="{endpoint}",
+        brief='Instances currently ejected by outlier detection (1 while ejected); summed per service, the ejected endpoints.',
+        stability="development",
+        attributes=(AttributeUse("mesh.service", "required", ''), AttributeUse("mesh.instance", "required", ''),),
+        facade="LoadBalancerMetrics",
+        prometheus_name="mesh_lb_ejections_active",
+        buckets=(),
+        cardinality_limit=2000,
+        counterparts=(('envoy', 'cluster.outlier_detection.ejections_active'), ('linkerd', 'outbound_http_balancer_endpoints{endpoint_state="pending"}'), ('istio', 'envoy_cluster_outlier_detection_ejections_active')),
+    ),
+    "mesh.lb.ejection.time": MetricDefinition(
+        name="mesh.lb.ejection.time",
+        instrument="counter",
+        unit="s",
+        brief='Time an instance has spent ejected by outlier detection, cumulative.',
+        stability="development",
+        attributes=(AttributeUse("mesh.service", "required", ''), AttributeUse("mesh.instance", "required", ''),),
+        facade="LoadBalancerMetrics",
+        prometheus_name="mesh_lb_ejection_time_seconds_total",
+        buckets=(),
+        cardinality_limit=2000,
+        counterparts=(('envoy', 'none (ejection time is config, outlier_detection.base_ejection_time)'),),
     ),
     "mesh.retry.attempts": MetricDefinition(
         name="mesh.retry.attempts",
@@ -519,6 +599,19 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         buckets=(),
         cardinality_limit=2000,
         counterparts=(('envoy', 'cluster.upstream_rq_retry_limit_exceeded / upstream_rq_retry_overflow'), ('linkerd', 'retry budget exhaustion (outbound_http_route_retry_limit_exceeded)')),
+    ),
+    "mesh.retry.budget.remaining": MetricDefinition(
+        name="mesh.retry.budget.remaining",
+        instrument="gauge",
+        unit="{retry}",
+        brief='Retries a service\'s retry budget allows right now; at 0 retries are refused and calls end with exhaust_reason="budget".',
+        stability="development",
+        attributes=(AttributeUse("mesh.service", "required", ''),),
+        facade="RetryMetrics",
+        prometheus_name="mesh_retry_budget_remaining",
+        buckets=(),
+        cardinality_limit=2000,
+        counterparts=(('envoy', 'cluster.circuit_breakers.default.remaining_retries'), ('linkerd', 'retry budget (retry_ratio and min_retries_per_second; not exported)'), ('istio', 'envoy_cluster_circuit_breakers_default_remaining_retries')),
     ),
     "mesh.call.duration": MetricDefinition(
         name="mesh.call.duration",
@@ -663,6 +756,19 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         cardinality_limit=2000,
         counterparts=(),
     ),
+    "mesh.circuit_breaker.state.time": MetricDefinition(
+        name="mesh.circuit_breaker.state.time",
+        instrument="counter",
+        unit="s",
+        brief='Time a circuit breaker has spent in each state, cumulative.',
+        stability="development",
+        attributes=(AttributeUse("mesh.service", "required", ''), AttributeUse("mesh.circuit_breaker.state", "required", ''),),
+        facade="CircuitBreakerMetrics",
+        prometheus_name="mesh_circuit_breaker_state_time_seconds_total",
+        buckets=(),
+        cardinality_limit=2000,
+        counterparts=(('envoy', 'cluster.circuit_breakers.default.cx_open (a gauge only)'), ('resilience4j', 'resilience4j_circuitbreaker_state (a gauge only; no time in state)')),
+    ),
     "meshmetrics.attribute.overflows": MetricDefinition(
         name="meshmetrics.attribute.overflows",
         instrument="counter",
@@ -689,4 +795,101 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         cardinality_limit=2000,
         counterparts=(),
     ),
+}
+
+# Prometheus exposition: the metric's base name, every sample name it exposes,
+# and each attribute's label name. Dashboards, rules and `meshmetrics top` use these.
+PROMETHEUS_NAMES: Final[dict[str, str]] = {
+    "mesh.lb.requests": "mesh_lb_requests_total",
+    "mesh.lb.request.duration": "mesh_lb_request_duration_seconds",
+    "mesh.lb.errors": "mesh_lb_errors_total",
+    "mesh.lb.connections.active": "mesh_lb_connections_active",
+    "mesh.lb.connection.failures": "mesh_lb_connection_failures_total",
+    "mesh.lb.instance.health_score": "mesh_lb_instance_health_score",
+    "mesh.lb.instance.latency_estimate": "mesh_lb_instance_latency_estimate_seconds",
+    "mesh.lb.endpoints": "mesh_lb_endpoints",
+    "mesh.lb.load_imbalance": "mesh_lb_load_imbalance",
+    "mesh.lb.ejections": "mesh_lb_ejections_total",
+    "mesh.lb.ejections.active": "mesh_lb_ejections_active",
+    "mesh.lb.ejection.time": "mesh_lb_ejection_time_seconds_total",
+    "mesh.retry.attempts": "mesh_retry_attempts_total",
+    "mesh.retry.calls": "mesh_retry_calls_total",
+    "mesh.retry.call.attempts": "mesh_retry_call_attempts",
+    "mesh.retry.delay": "mesh_retry_delay_seconds",
+    "mesh.retry.duration": "mesh_retry_duration_seconds",
+    "mesh.retry.errors": "mesh_retry_errors_total",
+    "mesh.retry.exhausted": "mesh_retry_exhausted_total",
+    "mesh.retry.budget.remaining": "mesh_retry_budget_remaining",
+    "mesh.call.duration": "mesh_call_duration_seconds",
+    "mesh.calls.active": "mesh_calls_active",
+    "mesh.registry.operations": "mesh_registry_operations_total",
+    "mesh.registry.instances": "mesh_registry_instances",
+    "mesh.health.status": "mesh_health_status",
+    "mesh.health.checks": "mesh_health_checks_total",
+    "mesh.circuit_breaker.state": "mesh_circuit_breaker_state",
+    "mesh.circuit_breaker.transitions": "mesh_circuit_breaker_transitions_total",
+    "mesh.circuit_breaker.calls": "mesh_circuit_breaker_calls_total",
+    "mesh.circuit_breaker.failure_rate": "mesh_circuit_breaker_failure_rate",
+    "mesh.circuit_breaker.recovery.duration": "mesh_circuit_breaker_recovery_duration_seconds",
+    "mesh.circuit_breaker.state.time": "mesh_circuit_breaker_state_time_seconds_total",
+    "meshmetrics.attribute.overflows": "meshmetrics_attribute_overflows_total",
+    "meshmetrics.measurements.rejected": "meshmetrics_measurements_rejected_total",
+}
+
+PROMETHEUS_SAMPLES: Final[dict[str, tuple[str, ...]]] = {
+    "mesh.lb.requests": ("mesh_lb_requests_total",),
+    "mesh.lb.request.duration": ("mesh_lb_request_duration_seconds_bucket", "mesh_lb_request_duration_seconds_sum", "mesh_lb_request_duration_seconds_count"),
+    "mesh.lb.errors": ("mesh_lb_errors_total",),
+    "mesh.lb.connections.active": ("mesh_lb_connections_active",),
+    "mesh.lb.connection.failures": ("mesh_lb_connection_failures_total",),
+    "mesh.lb.instance.health_score": ("mesh_lb_instance_health_score",),
+    "mesh.lb.instance.latency_estimate": ("mesh_lb_instance_latency_estimate_seconds",),
+    "mesh.lb.endpoints": ("mesh_lb_endpoints",),
+    "mesh.lb.load_imbalance": ("mesh_lb_load_imbalance",),
+    "mesh.lb.ejections": ("mesh_lb_ejections_total",),
+    "mesh.lb.ejections.active": ("mesh_lb_ejections_active",),
+    "mesh.lb.ejection.time": ("mesh_lb_ejection_time_seconds_total",),
+    "mesh.retry.attempts": ("mesh_retry_attempts_total",),
+    "mesh.retry.calls": ("mesh_retry_calls_total",),
+    "mesh.retry.call.attempts": ("mesh_retry_call_attempts_bucket", "mesh_retry_call_attempts_sum", "mesh_retry_call_attempts_count"),
+    "mesh.retry.delay": ("mesh_retry_delay_seconds_bucket", "mesh_retry_delay_seconds_sum", "mesh_retry_delay_seconds_count"),
+    "mesh.retry.duration": ("mesh_retry_duration_seconds_bucket", "mesh_retry_duration_seconds_sum", "mesh_retry_duration_seconds_count"),
+    "mesh.retry.errors": ("mesh_retry_errors_total",),
+    "mesh.retry.exhausted": ("mesh_retry_exhausted_total",),
+    "mesh.retry.budget.remaining": ("mesh_retry_budget_remaining",),
+    "mesh.call.duration": ("mesh_call_duration_seconds_bucket", "mesh_call_duration_seconds_sum", "mesh_call_duration_seconds_count"),
+    "mesh.calls.active": ("mesh_calls_active",),
+    "mesh.registry.operations": ("mesh_registry_operations_total",),
+    "mesh.registry.instances": ("mesh_registry_instances",),
+    "mesh.health.status": ("mesh_health_status",),
+    "mesh.health.checks": ("mesh_health_checks_total",),
+    "mesh.circuit_breaker.state": ("mesh_circuit_breaker_state",),
+    "mesh.circuit_breaker.transitions": ("mesh_circuit_breaker_transitions_total",),
+    "mesh.circuit_breaker.calls": ("mesh_circuit_breaker_calls_total",),
+    "mesh.circuit_breaker.failure_rate": ("mesh_circuit_breaker_failure_rate",),
+    "mesh.circuit_breaker.recovery.duration": ("mesh_circuit_breaker_recovery_duration_seconds_bucket", "mesh_circuit_breaker_recovery_duration_seconds_sum", "mesh_circuit_breaker_recovery_duration_seconds_count"),
+    "mesh.circuit_breaker.state.time": ("mesh_circuit_breaker_state_time_seconds_total",),
+    "meshmetrics.attribute.overflows": ("meshmetrics_attribute_overflows_total",),
+    "meshmetrics.measurements.rejected": ("meshmetrics_measurements_rejected_total",),
+}
+
+PROMETHEUS_LABELS: Final[dict[str, str]] = {
+    "mesh.service": "mesh_service",
+    "mesh.instance": "mesh_instance",
+    "mesh.operation": "mesh_operation",
+    "mesh.lb.strategy": "mesh_lb_strategy",
+    "mesh.lb.ejection.reason": "mesh_lb_ejection_reason",
+    "mesh.outcome": "mesh_outcome",
+    "mesh.retry.attempt": "mesh_retry_attempt",
+    "mesh.retry.outcome": "mesh_retry_outcome",
+    "mesh.retry.exhaust_reason": "mesh_retry_exhaust_reason",
+    "mesh.registry.operation": "mesh_registry_operation",
+    "mesh.health.state": "mesh_health_state",
+    "mesh.circuit_breaker.state": "mesh_circuit_breaker_state",
+    "mesh.circuit_breaker.previous_state": "mesh_circuit_breaker_previous_state",
+    "mesh.circuit_breaker.call_outcome": "mesh_circuit_breaker_call_outcome",
+    "error.type": "error_type",
+    "meshmetrics.metric": "meshmetrics_metric",
+    "meshmetrics.attribute": "meshmetrics_attribute",
+    "meshmetrics.reason": "meshmetrics_reason",
 }

@@ -153,3 +153,29 @@ def test_objective_is_configurable(tmp_path, objective):
     text = out.read_text()
     budget = 1 - objective
     assert f"> {14.4 * budget:.6g}" in text
+
+
+def test_runbook_base_is_configurable(tmp_path):
+    out = tmp_path / "rules.yaml"
+    base = "https://wiki.example.com/mesh-runbooks.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_rules.py"), "--runbook-base", base, "--output", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    alerts = [rule for group in yaml.safe_load(out.read_text())["groups"] for rule in group["rules"]]
+    urls = {rule["alert"]: rule["annotations"]["runbook_url"] for rule in alerts if "alert" in rule}
+    assert urls["MeshCircuitBreakerOpenShare"] == f"{base}#meshcircuitbreakeropenshare"
+    assert all(url == f"{base}#{name.lower()}" for name, url in urls.items())
+    default = yaml.safe_load(RULES.read_text())["groups"][1]["rules"][0]["annotations"]["runbook_url"]
+    assert default.startswith("conventions/prometheus/README.md#")
+
+
+def test_generators_and_top_share_the_generated_prometheus_names():
+    for name, definition in semconv.METRICS.items():
+        assert semconv.PROMETHEUS_NAMES[name] == definition.prometheus_name
+        samples = semconv.PROMETHEUS_SAMPLES[name]
+        assert samples[0].startswith(definition.prometheus_name)
+        assert len(samples) == (3 if definition.instrument == "histogram" else 1)
+    assert set(semconv.PROMETHEUS_LABELS.values()) == label_names()
+    assert semconv.PROMETHEUS_LABELS["error.type"] == "error_type"

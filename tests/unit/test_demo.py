@@ -36,8 +36,28 @@ def test_demo_emits_every_mesh_metric_and_breakers_recover():
     assert captured.value("mesh.circuit_breaker.calls", service="orders", call_outcome="rejected") >= 1
     assert captured.value("mesh.registry.operations", registry_operation="deregister") >= 1
     assert captured.value("mesh.retry.calls", outcome="successful_with_retry") >= 1
+    # outlier detection: the flaky instance is ejected and comes back; time ejected and in state add up
+    assert captured.value("mesh.lb.ejections", service="orders", instance="orders-1") >= 1
+    assert captured.value("mesh.lb.ejection.time", service="orders", instance="orders-1") > 0
+    assert captured.value("mesh.lb.ejections.active", service="orders") in (0, 1)
+    assert captured.value("mesh.circuit_breaker.state.time", service="orders", state="open") > 0
+    assert captured.value("mesh.circuit_breaker.state.time", service="users", state="closed") > 0
+    # the retry budget refuses retries during incidents, and says so
+    assert captured.value("mesh.retry.exhausted", exhaust_reason="budget") >= 1
+    assert 0 <= captured.value("mesh.retry.budget.remaining", service="orders") < 100
     lines = out.getvalue().splitlines()
-    assert lines[0].split() == ["service", "rps", "success", "p50", "ms", "p99", "ms", "retry", "breaker"]
+    assert lines[0].split() == [
+        "service",
+        "rps",
+        "success",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+        "retry",
+        "breaker",
+        "ejected",
+    ]
     assert {line.split()[0] for line in lines if line and not line.startswith("service")} == {
         "users",
         "orders",

@@ -27,11 +27,15 @@ def record_every_metric() -> None:
     lb.record_connection_failure(service="api", instance="api-1", error=ConnectionRefusedError())
     lb.set_instance_health(service="api", instance="api-1", score=0.5)
     lb.set_endpoints("api", healthy=2, unhealthy=1)
+    lb.record_ejection("api", "api-1", "consecutive_5xx")
+    lb.set_latency_estimate("api", "api-1", 0.02)
+    lb.record_ejection_time("api", "api-1", 3.0)
     retry.record_attempt(service="api", operation="get_user", attempt=1)
     retry.record_error(service="api", operation="get_user", error=503)
     retry.record_delay(service="api", operation="get_user", delay=0.1)
     retry.record_call(service="api", operation="get_user", succeeded=True, attempts=2, duration=0.4)
     retry.record_exhausted(service="api", operation="get_user", reason="budget")
+    retry.set_budget_remaining("api", 0)
     mesh.record_call_success(service="api", operation="get_user", duration=0.2)
     mesh.call_started(service="api", operation="get_user")
     mesh.record_registration("api")
@@ -42,6 +46,7 @@ def record_every_metric() -> None:
     breakers.record_rejected("api")
     breakers.set_failure_rate("api", 0.6)
     breakers.record_recovery("api", 12.0)
+    breakers.record_state_time("api", "open", 12.0)
     mesh.record_call_success(service="api", operation="get_user", duration=float("nan"))  # rejected, counted
 
 
@@ -150,20 +155,17 @@ def test_load_imbalance_is_one_for_even_traffic_and_rises_with_skew(configured):
 
 
 def test_imbalance_window_forgets_old_traffic():
-    from meshmetrics._engine.window import ImbalanceWindow
+    from meshmetrics._engine.window import SnapshotWindow
 
     now = [0.0]
-    window = ImbalanceWindow(window_s=60, clock=lambda: now[0])
-    for _ in range(9):
-        window.add(("s", "rr"), "hot")
-    window.add(("s", "rr"), "cold")
-    assert window.imbalance()[("s", "rr")] == pytest.approx(1.8)
-    now[0] = 61.0
-    window.add(("s", "rr"), "hot")
-    window.add(("s", "rr"), "cold")
-    assert window.imbalance()[("s", "rr")] == 1.0
-    now[0] = 200.0
-    assert window.imbalance() == {}
+    window = SnapshotWindow(window_s=60, clock=lambda: now[0])
+    # cumulative request counts per (service, strategy, instance), as collected
+    first = window.imbalance({("s", "rr", "hot"): 9, ("s", "rr", "cold"): 1})
+    assert first[("s", "rr")] == pytest.approx(1.8)
+    now[0] = 61.0  # the first collection is now a minute old: only what came since counts
+    assert window.imbalance({("s", "rr", "hot"): 10, ("s", "rr", "cold"): 2})[("s", "rr")] == 1.0
+    now[0] = 200.0  # nothing new for over a minute
+    assert window.imbalance({("s", "rr", "hot"): 10, ("s", "rr", "cold"): 2}) == {}
 
 
 def test_retry_exact_values(configured):

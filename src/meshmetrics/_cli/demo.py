@@ -3,9 +3,12 @@
 Three upstream services with three instances each, behind client-side load
 balancers using three strategies. Faults are injected: one slow instance, one
 flaky instance, and one that goes down and comes back every minute. Calls are
-retried with exponential backoff behind a circuit breaker per upstream; a
-registry sees registrations, renewals and deregistrations; health checks run.
-Latency is simulated (no real sleeping), traffic is paced in real time.
+retried with exponential backoff behind a circuit breaker per upstream; outlier
+detection ejects an instance after consecutive failures (the flaky one, the
+one that is down) and lets it back after a while; a retry budget caps retries
+at a fifth of the requests; a registry sees
+registrations, renewals and deregistrations; health checks run. Latency is
+simulated (no real sleeping), traffic is paced in real time.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from meshmetrics._breaker import CircuitBreakerTracker
-from meshmetrics._lb import LoadBalancerMetrics
+from meshmetrics._lb import LoadBalancerMetrics, OutlierTracker
 from meshmetrics._mesh import ServiceMeshMetrics
-from meshmetrics._retry import RetryMetrics
+from meshmetrics._retry import RetryCallTracker, RetryMetrics
 
 MAX_ATTEMPTS = 3
 BREAKER_WINDOW = 20
@@ -39,6 +42,16 @@ BREAKER_OPEN_FRACTION = 1 / 12
 HEALTH_CHECK_FRACTION = 1 / 30  # every 2 s in a 60 s cycle
 RENEW_FRACTION = 1 / 6
 INCIDENT_FAILURE_RATE = 0.8
+# Outlier detection, Envoy-style: eject after this many consecutive failures,
+# for a twentieth of the cycle (3 s of 60 s), at most one instance per service.
+EJECT_AFTER_FAILURES = 3
+EJECTION_FRACTION = 1 / 20
+FLUSH_EVERY_S = 1.0
+# A Linkerd-style retry budget per service: retries may add 20% to the requests
+# of the last sixth of the cycle (10 s of 60 s), plus a small floor.
+BUDGET_RATIO = 0.2
+BUDGET_MIN_PER_S = 0.5
+BUDGET_WINDOW_FRACTION = 1 / 6
 # A few clients of an older build misbehave, as real fleets do: one reports a
 # strategy name the conventions do not know (folded into _OTHER and counted in
 # meshmetrics.attribute.overflows), one measures latency across a clock step
@@ -66,6 +79,8 @@ class Instance:
     active: int = 0
     requests: int = 0
     ewma_latency: float = 0.0
+    consecutive_failures: int = 0
+    ejected_until: float | None = None
 
 
 @dataclass
@@ -109,6 +124,32 @@ class Breaker:
 
 
 @dataclass
+class RetryBudget:
+    """Retries allowed: ``ratio`` of the requests in the last ``window_s``, plus a floor."""
+
+    window_s: float
+    requests: deque[float] = field(default_factory=deque)
+    retries: deque[float] = field(default_factory=deque)
+
+    def remaining(self, now: float) -> int:
+        for times in (self.requests, self.retries):
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+        allowed = BUDGET_MIN_PER_S * self.window_s + BUDGET_RATIO * len(self.requests)
+        return max(0, int(allowed) - len(self.retries))
+
+    def request(self, now: float) -> None:
+        self.requests.append(now)
+
+    def withdraw(self, now: float) -> bool:
+        """Take one retry from the budget; False if it is spent."""
+        if self.remaining(now) <= 0:
+            return False
+        self.retries.append(now)
+        return True
+
+
+@dataclass
 class Service:
     """An upstream service, its instances, balancing strategy and breaker."""
 
@@ -117,9 +158,12 @@ class Service:
     operations: tuple[str, ...]
     instances: list[Instance]
     breaker: Breaker
+    outliers: OutlierTracker
+    budget: RetryBudget
     incident: bool = False
     cursor: int = 0
     stats: dict[str, list[float]] = field(default_factory=dict)
+    ejections: list[str] = field(default_factory=list)
 
 
 class Mesh:
@@ -146,7 +190,7 @@ class Mesh:
             for instance in service.instances:
                 self.mesh.record_registration(service.name)
                 self.lb.connection_opened(service.name, instance.name)
-        self.last_health = self.last_renew = self.last_summary = self.started
+        self.last_health = self.last_renew = self.last_summary = self.last_flush = self.started
         self._health_checks()  # instances start in a known state
 
     def _service(
@@ -170,19 +214,23 @@ class Mesh:
                 instance.flapping = True
             instances.append(instance)
         tracker = self.mesh.circuit_breakers.tracker(name, clock=self.clock)
-        return Service(
-            name, strategy, operations, instances, Breaker(tracker, self.cycle_s * BREAKER_OPEN_FRACTION)
-        )
+        breaker = Breaker(tracker, self.cycle_s * BREAKER_OPEN_FRACTION)
+        outliers = self.lb.outlier_tracker(name, clock=self.clock)
+        budget = RetryBudget(self.cycle_s * BUDGET_WINDOW_FRACTION)
+        return Service(name, strategy, operations, instances, breaker, outliers, budget)
 
     def _reset_stats(self) -> None:
         for service in self.services:
             service.stats = {"ok": [], "failed": [], "latency": [], "attempts": [], "calls": []}
+            service.ejections = []
 
     # Traffic.
     def _pick(self, service: Service) -> Instance:
         # The balancer only learns of an outage from health checks, so it keeps
         # sending to a dead instance for a moment, as real ones do.
-        candidates = [i for i in service.instances if i.registered] or service.instances
+        candidates = [
+            i for i in service.instances if i.registered and i.ejected_until is None
+        ] or service.instances
         if service.strategy == "round_robin":
             service.cursor += 1
             return candidates[service.cursor % len(candidates)]
@@ -212,13 +260,30 @@ class Mesh:
         except Exception as failure:
             self.lb.observe_request_duration(service.name, instance.name, latency, error=failure)
             self.lb.record_error(service.name, instance.name, failure)
+            self._detect_outlier(service, instance, failure)
             raise
         finally:
             instance.active -= 1
             instance.ewma_latency = 0.8 * instance.ewma_latency + 0.2 * latency
+            self.lb.set_latency_estimate(service.name, instance.name, instance.ewma_latency)
+        instance.consecutive_failures = 0
         skewed = self.random.random() < CLOCK_SKEW_SHARE
         self.lb.observe_request_duration(service.name, instance.name, -latency if skewed else latency)
         return latency
+
+    def _detect_outlier(self, service: Service, instance: Instance, failure: Exception) -> None:
+        instance.consecutive_failures += 1
+        if instance.consecutive_failures < EJECT_AFTER_FAILURES or instance.ejected_until is not None:
+            return
+        if any(other.ejected_until is not None for other in service.instances):
+            return  # at most one ejected instance per service (Envoy's max_ejection_percent)
+        reason = (
+            "consecutive_5xx" if isinstance(failure, UpstreamError) else "consecutive_local_origin_failure"
+        )
+        if service.outliers.eject(instance.name, reason):
+            instance.ejected_until = self.clock() + self.cycle_s * EJECTION_FRACTION
+            instance.consecutive_failures = 0
+            service.ejections.append(instance.name)
 
     def call(self, service: Service) -> None:
         """One logical call: breaker, retries with backoff, LB picks, outcome."""
@@ -231,32 +296,15 @@ class Mesh:
             service.stats["failed"].append(1)
             return
         self.mesh.call_started(service.name, operation)
+        service.budget.request(now)
         tracker = self.retry.track_call(service.name, operation, clock=lambda: 0.0)
-        elapsed, error = 0.0, None
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            tracker.attempt()
-            try:
-                elapsed += self._attempt(service, self._pick(service))
-            except Exception as failure:  # every simulated failure is retried
-                error = failure
-                tracker.failed(failure)
-                service.breaker.record(ok=False, now=now)
-                if attempt == MAX_ATTEMPTS or not service.breaker.allow(now):
-                    break
-                delay = 0.05 * 2 ** (attempt - 1) * self.random.uniform(0.5, 1.5)
-                tracker.backoff(delay)
-                elapsed += delay
-            else:
-                error = None
-                service.breaker.record(ok=True, now=now)
-                break
+        elapsed, error, stopped_by = self._attempts(service, tracker, now)
         self.retry.record_call(
             service.name, operation, succeeded=error is None, attempts=tracker.attempts, duration=elapsed
         )
         tracker.finished = True
         if error is not None:
-            reason = "max_attempts" if tracker.attempts == MAX_ATTEMPTS else "circuit_open"
-            self.retry.record_exhausted(service.name, operation, reason)
+            self.retry.record_exhausted(service.name, operation, stopped_by)
             self.mesh.record_call_failure(service.name, operation, elapsed, error)
             service.stats["failed"].append(1)
         else:
@@ -265,6 +313,32 @@ class Mesh:
         service.stats["latency"].append(elapsed)
         service.stats["attempts"].append(tracker.attempts)
         self.mesh.call_ended(service.name, operation)
+
+    def _attempts(
+        self, service: Service, tracker: RetryCallTracker, now: float
+    ) -> tuple[float, Exception | None, str]:
+        """Attempts until success or a stop: (time taken, last error, what stopped the retries)."""
+        elapsed = 0.0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            tracker.attempt()
+            try:
+                elapsed += self._attempt(service, self._pick(service))
+            except Exception as failure:  # every simulated failure is retried
+                tracker.failed(failure)
+                service.breaker.record(ok=False, now=now)
+                if attempt == MAX_ATTEMPTS:
+                    return elapsed, failure, "max_attempts"
+                if not service.breaker.allow(now):
+                    return elapsed, failure, "circuit_open"
+                if not service.budget.withdraw(now):
+                    return elapsed, failure, "budget"
+                delay = 0.05 * 2 ** (attempt - 1) * self.random.uniform(0.5, 1.5)
+                tracker.backoff(delay)
+                elapsed += delay
+            else:
+                service.breaker.record(ok=True, now=now)
+                return elapsed, None, ""
+        return elapsed, None, ""  # not reached: the last attempt returns above
 
     # Background jobs.
     def housekeeping(self) -> None:
@@ -285,9 +359,24 @@ class Mesh:
                         self.mesh.record_renewal(
                             service.name, success=not failed, error="timeout" if failed else None
                         )
+        self._outlier_detection(now)
         if now - self.last_health >= self.cycle_s * HEALTH_CHECK_FRACTION:
             self.last_health = now
             self._health_checks()
+
+    def _outlier_detection(self, now: float) -> None:
+        """Let ejected instances back when their time is up; bring the time counters up to date."""
+        for service in self.services:
+            for instance in service.instances:
+                if instance.ejected_until is not None and now >= instance.ejected_until:
+                    instance.ejected_until = None
+                    service.outliers.uneject(instance.name)
+        if now - self.last_flush >= FLUSH_EVERY_S:  # time in state and time ejected, up to now
+            self.last_flush = now
+            for service in self.services:
+                service.breaker.tracker.flush()
+                service.outliers.flush()
+                self.retry.set_budget_remaining(service.name, service.budget.remaining(now))
 
     def _health_checks(self) -> None:
         for service in self.services:
@@ -316,9 +405,11 @@ class Mesh:
 
     def summary(self, elapsed: float) -> str:
         """A compact table of the last interval, one row per service."""
-        rows = [
-            f"{'service':<10} {'rps':>7} {'success':>8} {'p50 ms':>8} {'p99 ms':>8} {'retry':>6}  breaker"
-        ]
+        header = (
+            f"{'service':<10} {'rps':>7} {'success':>8} {'p50 ms':>8} {'p99 ms':>8} {'retry':>6}  "
+            f"{'breaker':<10} ejected"
+        )
+        rows = [header]
         for service in self.services:
             stats = service.stats
             calls = len(stats["calls"])
@@ -329,9 +420,14 @@ class Mesh:
             attempts = sum(stats["attempts"])
             retry_ratio = (attempts - len(stats["attempts"])) / attempts if attempts else 0.0
             success = ok / calls if calls else 1.0
+            # instances ejected during the interval, with how many times
+            ejected = ",".join(
+                f"{name}x{service.ejections.count(name)}" for name in sorted(set(service.ejections))
+            )
+            ejected = ejected or "-"
             rows.append(
                 f"{service.name:<10} {calls / elapsed:>7.1f} {success:>8.1%} {p50:>8.1f} {p99:>8.1f} "
-                f"{retry_ratio:>6.1%}  {service.breaker.tracker.state}"
+                f"{retry_ratio:>6.1%}  {service.breaker.tracker.state:<10} {ejected}"
             )
         self._reset_stats()
         return "\n".join(rows)

@@ -1,4 +1,4 @@
-"""What the integrations share: never raising into a library, and a breaker bridge."""
+"""What the integrations share: never raising into a library, open-breaker errors, a breaker bridge."""
 
 from __future__ import annotations
 
@@ -9,17 +9,25 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import structlog
-
 from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
+from meshmetrics._log import RateLimitedLog
 
-_logger = structlog.get_logger("meshmetrics")
 _F = TypeVar("_F", bound=Callable[..., Any])
-_LOG_INTERVAL_S = 60.0
-_last_logged: dict[str, float] = {}
+_log = RateLimitedLog()
 
 DEFAULT_SERVICE = "unknown"
 FAILURE_RATE_WINDOW = 100
+# The exceptions breaker libraries raise when an open breaker refuses a call,
+# by (module prefix, class name): matched on the class hierarchy so that
+# meshmetrics imports none of them.
+CIRCUIT_OPEN_ERRORS = frozenset(
+    {
+        ("pybreaker", "CircuitBreakerError"),  # pybreaker, also when the failing call trips it
+        ("purgatory", "OpenedState"),  # purgatory, sync and async
+        ("aiobreaker", "CircuitBreakerError"),
+        ("circuitbreaker", "CircuitBreakerError"),
+    }
+)
 
 
 def never_raises(hook: _F) -> _F:
@@ -30,14 +38,32 @@ def never_raises(hook: _F) -> _F:
         try:
             return hook(*args, **kwargs)
         except Exception as error:
-            now = time.monotonic()
             name = getattr(hook, "__qualname__", "hook")
-            if now - _last_logged.get(name, -_LOG_INTERVAL_S) >= _LOG_INTERVAL_S:
-                _last_logged[name] = now
-                _logger.warning("meshmetrics_integration_hook_failed", hook=name, error=repr(error))
+            _log.warning(name, "meshmetrics_integration_hook_failed", hook=name, error=repr(error))
             return None
 
     return guarded  # type: ignore[return-value]
+
+
+def is_circuit_open(error: object) -> bool:
+    """Whether ``error`` means an open circuit breaker refused the call.
+
+    Looks through tenacity's ``RetryError`` (its last attempt's exception) and
+    the ``__cause__`` chain, so a breaker error wrapped by a client library counts.
+    """
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        for kind in type(error).__mro__:
+            root = kind.__module__.split(".", 1)[0]
+            if (root, kind.__name__) in CIRCUIT_OPEN_ERRORS:
+                return True
+        last_attempt = getattr(error, "last_attempt", None)  # tenacity.RetryError
+        if last_attempt is not None and getattr(last_attempt, "failed", False):
+            error = last_attempt.exception()
+        else:
+            error = error.__cause__
+    return False
 
 
 def operation_name(function: object) -> str:

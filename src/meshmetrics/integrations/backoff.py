@@ -13,7 +13,9 @@ recorded from its handlers. Existing handlers can be passed too: backoff
 accepts a list per event. A give-up after more than one try counts in
 ``mesh.retry.exhausted`` (as ``deadline`` when ``max_time`` is given and was
 reached, else ``max_attempts``); a give-up on the first try is an error backoff
-was told not to retry.
+was told not to retry. A give-up on an open circuit breaker's error (pybreaker's
+``CircuitBreakerError``, purgatory's ``OpenedState``) counts as ``circuit_open``,
+on any try.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from meshmetrics._retry import RetryMetrics
-from meshmetrics.integrations._shared import DEFAULT_SERVICE, never_raises, operation_name
+from meshmetrics.integrations._shared import (
+    DEFAULT_SERVICE,
+    is_circuit_open,
+    never_raises,
+    operation_name,
+)
 
 __all__ = ["handlers"]
 
@@ -66,7 +73,9 @@ def handlers(
     def on_giveup(details: Details) -> None:
         retry_metrics.record_error(service, name(details), details.get("exception", "retry_on_result"))
         finish(details, succeeded=False)
-        if int(details["tries"]) > 1:
+        if is_circuit_open(details.get("exception")):
+            retry_metrics.record_exhausted(service, name(details), "circuit_open")
+        elif int(details["tries"]) > 1:
             elapsed = float(details.get("elapsed", 0.0))
             reason = "deadline" if max_time is not None and elapsed >= max_time else "max_attempts"
             retry_metrics.record_exhausted(service, name(details), reason)

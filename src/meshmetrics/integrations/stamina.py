@@ -11,6 +11,11 @@ Two ways in:
   (``mesh.retry.calls``, attempts per call, duration, first attempts and
   ``mesh.retry.exhausted``), which no stamina hook reports.
 
+A call that ends on an error raised by an open circuit breaker (pybreaker's
+``CircuitBreakerError``, purgatory's ``OpenedState``) counts in
+``mesh.retry.exhausted`` with ``exhaust_reason="circuit_open"``, whether
+stamina retried that error or not.
+
 stamina's built-in Prometheus counter ``stamina_retries_total`` labels every
 retry number, callable name and error type; meshmetrics folds attempts above 10
 into ``_OTHER`` and bounds ``mesh.operation`` and ``error.type``. Keep both, or
@@ -31,7 +36,12 @@ import stamina
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
 from meshmetrics._retry import RetryCallTracker, RetryMetrics
-from meshmetrics.integrations._shared import DEFAULT_SERVICE, never_raises, operation_name
+from meshmetrics.integrations._shared import (
+    DEFAULT_SERVICE,
+    is_circuit_open,
+    never_raises,
+    operation_name,
+)
 
 __all__ = ["MeshMetricsRetryHook", "instrument", "retry"]
 
@@ -126,9 +136,11 @@ class _Outcome:
         tracker = self._metrics.track_call(self._service, self._operation, clock=time.perf_counter)
         return tracker, _current.set(tracker), time.perf_counter()
 
-    def failed(self, tracker: RetryCallTracker, started: float) -> None:
+    def failed(self, tracker: RetryCallTracker, started: float, error: BaseException) -> None:
         reason: str | None = None  # an error stamina does not retry is not an exhaustion
-        if self._attempts is not None and tracker.attempts >= self._attempts:
+        if is_circuit_open(error):
+            reason = "circuit_open"
+        elif self._attempts is not None and tracker.attempts >= self._attempts:
             reason = "max_attempts"
         elif self._deadline is not None and time.perf_counter() - started >= self._deadline:
             reason = "deadline"
@@ -165,8 +177,8 @@ def retry(
                 tracker, token, started = outcome.begin()
                 try:
                     result = await retried(*args, **kwargs)
-                except BaseException:
-                    outcome.failed(tracker, started)
+                except BaseException as error:
+                    outcome.failed(tracker, started, error)
                     raise
                 finally:
                     _current.reset(token)
@@ -180,8 +192,8 @@ def retry(
             tracker, token, started = outcome.begin()
             try:
                 result = retried(*args, **kwargs)
-            except BaseException:
-                outcome.failed(tracker, started)
+            except BaseException as error:
+                outcome.failed(tracker, started, error)
                 raise
             finally:
                 _current.reset(token)

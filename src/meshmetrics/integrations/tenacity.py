@@ -15,6 +15,11 @@ tenacity has no hook for a call that succeeds, so the call outcome
 (``mesh.retry.outcome``, attempts per call, duration) is recorded by the
 wrapper; tenacity's hooks record attempts, errors and backoff. The iterator
 form (``for attempt in retrying:``) gets the per-attempt metrics only.
+
+A call whose last attempt was refused by an open circuit breaker (pybreaker's
+``CircuitBreakerError``, purgatory's ``OpenedState``, also inside a
+``RetryError``) counts in ``mesh.retry.exhausted`` with
+``exhaust_reason="circuit_open"``, whether tenacity retried that error or not.
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from typing import Any, TypeVar, cast
 import tenacity
 
 from meshmetrics._retry import RetryCallTracker, RetryMetrics
-from meshmetrics.integrations._shared import DEFAULT_SERVICE, never_raises, operation_name
+from meshmetrics.integrations._shared import (
+    DEFAULT_SERVICE,
+    is_circuit_open,
+    never_raises,
+    operation_name,
+)
 
 __all__ = ["InstrumentedRetrying", "instrument_retrying", "retry"]
 
@@ -45,6 +55,7 @@ class _CallState:
         self.retry_decided = False
         self.exhausted = False
         self.standalone = False
+        self.last_error: BaseException | None = None
 
 
 def _exhaust_reason(stop: object, attempt_number: int) -> str:
@@ -117,7 +128,8 @@ class InstrumentedRetrying:
         state = self._state(retry_state)
         state.retry_decided = True
         outcome = retry_state.outcome
-        state.tracker.failed(outcome.exception() if outcome.failed else "retry_on_result")
+        state.last_error = outcome.exception() if outcome.failed else None
+        state.tracker.failed(state.last_error or "retry_on_result")
 
     def _before_sleep(self, retry_state: Any) -> None:
         self._state(retry_state).tracker.backoff(retry_state.next_action.sleep)
@@ -131,6 +143,11 @@ class InstrumentedRetrying:
         tracker = state.tracker
         if error is None and not state.exhausted:
             tracker.succeed()
+            return
+        if is_circuit_open(error if error is not None else state.last_error):
+            if not state.retry_decided:
+                tracker.failed(error)  # not retried: tenacity's `after` never saw it
+            tracker.give_up("circuit_open")
             return
         if error is not None and not state.retry_decided:
             tracker.failed(error)  # not retried: tenacity's `after` never saw it
