@@ -27,6 +27,7 @@ SEMCONV = ROOT / "src" / "meshmetrics" / "semconv.py"
 REFERENCE = ROOT / "conventions" / "README.md"
 
 KINDS = {"counter", "updowncounter", "histogram", "gauge"}
+MULTIPROCESS_RULES = ("sum", "max", "min", "last", "worker")  # as meshmetrics._engine.workers.GAUGE_RULES
 POLICIES = {"enum", "bounded", "unbounded"}
 LEVELS = {"required", "conditionally_required", "recommended", "opt_in"}
 COUNTERPART_SYSTEMS = ("otel", "envoy", "linkerd", "istio", "resilience4j", "grpc", "stamina")
@@ -129,6 +130,11 @@ def _metric(raw: dict[str, Any], attributes: dict[str, dict[str, Any]]) -> dict[
         if level not in LEVELS:
             raise RegistryError(f"metric {name}: requirement level {level!r} is unknown")
         uses.append({"key": key, "requirement_level": level, "condition": condition})
+    multiprocess = str(extra.get("multiprocess", ""))
+    if kind == "gauge" and multiprocess not in MULTIPROCESS_RULES:
+        raise RegistryError(f"metric {name}: a gauge needs multiprocess: one of {', '.join(MULTIPROCESS_RULES)}")
+    if kind != "gauge" and multiprocess:
+        raise RegistryError(f"metric {name}: only gauges take a multiprocess rule (sums always add up)")
     counterparts = extra.get("counterparts") or {}
     unknown = set(counterparts) - set(COUNTERPART_SYSTEMS)
     if unknown:
@@ -145,6 +151,8 @@ def _metric(raw: dict[str, Any], attributes: dict[str, dict[str, Any]]) -> dict[
         "buckets": buckets,
         "buckets_reason": extra.get("buckets_reason", ""),
         "cardinality_limit": int(extra.get("cardinality_limit", 2000)),
+        "multiprocess": multiprocess,
+        "multiprocess_reason": extra.get("multiprocess_reason", ""),
         "counterparts": [
             (system, counterparts[system]) for system in COUNTERPART_SYSTEMS if system in counterparts
         ],
@@ -224,6 +232,7 @@ def render_semconv(attributes: dict[str, dict[str, Any]], metrics: list[dict[str
             f'        prometheus_name="{metric["prometheus_name"]}",',
             f"        buckets={tuple(metric['buckets'])!r},",
             f"        cardinality_limit={metric['cardinality_limit']},",
+            *([f'        multiprocess="{metric["multiprocess"]}",'] if metric["multiprocess"] else []),
             f"        counterparts={tuple(metric['counterparts'])!r},",
             "    ),",
         ]
@@ -324,6 +333,22 @@ def render_reference(attributes: dict[str, dict[str, Any]], metrics: list[dict[s
         if metric["buckets"]:
             bounds = ", ".join(f"{b:g}" for b in metric["buckets"])
             out.append(f"| `{metric['name']}` | {bounds} | {_cell(metric['buckets_reason'])} |")
+    out += [
+        "",
+        "## Several worker processes",
+        "",
+        "In multiprocess mode (see the README's Deployment section) counters and histograms are summed over",
+        "every worker, live or exited; up-down counters over the live workers; each gauge by its rule",
+        "(`worker`: one series per live worker, with a `worker` label).",
+        "",
+        "| gauge | rule | why |",
+        "|---|---|---|",
+    ]
+    out.extend(
+        f"| `{metric['name']}` | `{metric['multiprocess']}` | {_cell(metric['multiprocess_reason'])} |"
+        for metric in metrics
+        if metric["multiprocess"]
+    )
     out += [
         "",
         "## Counterparts in other systems",

@@ -12,7 +12,7 @@ Configure once at start-up, record through the facades::
 from importlib.metadata import version as _package_version
 
 from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
-from meshmetrics._lb import LoadBalancerMetrics
+from meshmetrics._lb import LoadBalancerMetrics, OutlierTracker, RequestTracker
 from meshmetrics._mesh import CallTracker, ServiceMeshMetrics
 from meshmetrics._policy.core import AttributePolicy, InvalidMeasurement, bounded, drop, hashed, unbounded
 from meshmetrics._policy.errors import classify_error
@@ -32,8 +32,10 @@ __all__ = [
     "InvalidMeasurement",
     "LoadBalancerMetrics",
     "MetricsHandle",
+    "OutlierTracker",
     "PrometheusEndpointError",
     "PrometheusPortInUseError",
+    "RequestTracker",
     "RetryCallTracker",
     "RetryMetrics",
     "ServiceMeshMetrics",

@@ -29,13 +29,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.add_argument("--interval", type=float, default=0.5, help="seconds between scrapes (default: 0.5)")
     top.add_argument("--iterations", type=int, default=None, help="stop after this many views")
     top.add_argument("--no-clear", action="store_true", help="append views instead of redrawing the screen")
+    top.add_argument("--service", default=None, help="show the instances of this one service instead")
     args = parser.parse_args(argv)
     if args.command == "top":
         from meshmetrics._cli import top as _top  # noqa: PLC0415 - keep `--help` fast
 
         try:
             _top.run(
-                args.url, args.interval, args.iterations, clear=not args.no_clear and sys.stdout.isatty()
+                args.url,
+                args.interval,
+                args.iterations,
+                clear=not args.no_clear and sys.stdout.isatty(),
+                service=args.service,
             )
         except KeyboardInterrupt:
             pass
@@ -52,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stop = threading.Event()
     _demo.install_signal_handlers(stop)
-    print(f"meshmetrics demo: metrics on {handle.prometheus_url}", flush=True)
+    where = handle.prometheus_url or f"nowhere: port {args.port} is in use (see the log)"
+    print(f"meshmetrics demo: metrics on {where}", flush=True)
     if handle.otlp_endpoint:
-        print(f"meshmetrics demo: pushing OTLP to {handle.otlp_endpoint}", flush=True)
+        print(f"meshmetrics demo: pushing OTLP to {handle.settings.otlp_endpoint_redacted}", flush=True)
     try:
         _demo.run(
             duration=args.duration,

@@ -62,8 +62,8 @@ def failure_type(error: object) -> str | Unclassifiable:
 
 def error_type(error: object) -> str | Unclassifiable | None:
     """``error.type`` for an error, None when there is no error (the attribute is then absent)."""
-    if type(error) is str and error:  # already a class name or status: skip the classifier
-        return error
+    if type(error) is str:  # already a class name or status: skip the classifier; "" is no error
+        return error or None
     if error is None:
         return None
     try:

@@ -185,6 +185,8 @@ class MeshmetricsReasonValues:
     INVALID_VALUE: Final = "invalid_value"
     INVALID_ATTRIBUTE: Final = "invalid_attribute"
     INTERNAL_ERROR: Final = "internal_error"
+    UNEXPORTABLE_VALUE: Final = "unexportable_value"
+    UNREADABLE_WORKER_FILE: Final = "unreadable_worker_file"
 
 
 ATTRIBUTES: Final[dict[str, AttributeDefinition]] = {
@@ -348,7 +350,7 @@ ATTRIBUTES: Final[dict[str, AttributeDefinition]] = {
         stability="development",
         policy="enum",
         limit=0,
-        allowed_values=('invalid_value', 'invalid_attribute', 'internal_error'),
+        allowed_values=('invalid_value', 'invalid_attribute', 'internal_error', 'unexportable_value', 'unreadable_worker_file'),
     ),
 }
 
@@ -429,6 +431,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_lb_instance_health_score",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="min",
         counterparts=(('envoy', 'outlier detection ejection state (cluster.outlier_detection.ejections_active)'), ('linkerd', 'EWMA peak latency (not exported as a metric)')),
     ),
     "mesh.lb.instance.latency_estimate": MetricDefinition(
@@ -442,6 +445,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_lb_instance_latency_estimate_seconds",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="max",
         counterparts=(('linkerd', 'EWMA peak latency of the power-of-two-choices balancer (internal, not exported)'), ('grpc', 'grpc.lb.wrr.endpoint_weights (weights from reported utilisation; nearest)')),
     ),
     "mesh.lb.endpoints": MetricDefinition(
@@ -455,6 +459,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_lb_endpoints",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="last",
         counterparts=(('envoy', 'cluster.membership_healthy / cluster.membership_total'), ('istio', 'envoy_cluster_membership_healthy'), ('grpc', 'grpc.lb.wrr.endpoint_weights (nearest)')),
     ),
     "mesh.lb.load_imbalance": MetricDefinition(
@@ -468,6 +473,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_lb_load_imbalance",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="max",
         counterparts=(),
     ),
     "mesh.lb.ejections": MetricDefinition(
@@ -611,6 +617,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_retry_budget_remaining",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="sum",
         counterparts=(('envoy', 'cluster.circuit_breakers.default.remaining_retries'), ('linkerd', 'retry budget (retry_ratio and min_retries_per_second; not exported)'), ('istio', 'envoy_cluster_circuit_breakers_default_remaining_retries')),
     ),
     "mesh.call.duration": MetricDefinition(
@@ -676,6 +683,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_health_status",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="last",
         counterparts=(('envoy', 'cluster.membership_healthy'),),
     ),
     "mesh.health.checks": MetricDefinition(
@@ -702,6 +710,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_circuit_breaker_state",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="worker",
         counterparts=(('envoy', 'cluster.circuit_breakers.default.cx_open'), ('resilience4j', 'resilience4j_circuitbreaker_state')),
     ),
     "mesh.circuit_breaker.transitions": MetricDefinition(
@@ -741,6 +750,7 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         prometheus_name="mesh_circuit_breaker_failure_rate",
         buckets=(),
         cardinality_limit=2000,
+        multiprocess="worker",
         counterparts=(('resilience4j', 'resilience4j_circuitbreaker_failure_rate (percent there)'),),
     ),
     "mesh.circuit_breaker.recovery.duration": MetricDefinition(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshmetrics import LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics
@@ -39,11 +38,6 @@ def test_success_series_carry_no_error_type_in_memory(configured):
         assert all(s.get("error.type") != "" for s in series), series
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OpenTelemetry Prometheus exporter backfills absent labels with ''; "
-    "fix in _serve/reader.py or _serve/translate.py (owned by the lead, see the mesh-depth report)",
-)
 def test_success_series_carry_no_error_type_at_the_prometheus_endpoint(configured):
     record_successes_beside_failures()
     empty = [
@@ -56,11 +50,6 @@ def test_success_series_carry_no_error_type_at_the_prometheus_endpoint(configure
     assert empty == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_facade.error_type('') classifies an empty error as _OTHER; "
-    "the fix is in _facade.py (owned by the lead, see the mesh-depth report)",
-)
 def test_an_empty_error_is_no_error(configured):
     LoadBalancerMetrics().observe_request_duration("api", "api-1", 0.1, error="")
     assert configured.captured.series("mesh.lb.request.duration") == [

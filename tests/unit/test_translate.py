@@ -63,9 +63,20 @@ class Families:
 
 
 def exporter_text(data: MetricsData, openmetrics: bool = False) -> bytes:
+    """The OpenTelemetry exporter's text, less the one intended difference: backfilled empty labels.
+
+    The exporter writes ``error_type=""`` on every sample whose point lacks the
+    attribute; meshmetrics leaves the label out (Prometheus reads both the same).
+    """
     collector = _CustomCollector()
     collector.add_metrics_data(data)
-    families = Families(list(collector.collect()))
+    exported = list(collector.collect())
+    for family in exported:
+        family.samples = [
+            s._replace(labels={k: v for k, v in s.labels.items() if v or k.startswith("otel_scope_")})
+            for s in family.samples
+        ]
+    families = Families(exported)
     return generate_openmetrics(families) if openmetrics else generate_latest(families)
 
 

@@ -47,7 +47,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
 )
 from prometheus_client.core import Metric as Family
-from prometheus_client.samples import BucketSpan, Exemplar, NativeHistogram, Timestamp
+from prometheus_client.samples import BucketSpan, Exemplar, NativeHistogram, Sample, Timestamp
 
 from meshmetrics._log import RateLimitedLog
 
@@ -111,7 +111,23 @@ def translate(data: MetricsData) -> list[Family]:
             scope = _scope_labels(scope_metrics.scope)
             for metric in scope_metrics.metrics:
                 _add_metric(families, metric, scope)
+    for family in families.values():
+        family.samples = [_without_absent(sample) for sample in family.samples]
     return list(families.values())
+
+
+def _without_absent(sample: Sample) -> Sample:
+    """A sample without the attribute labels its point did not have.
+
+    The OpenTelemetry exporter gives every sample of a family every label of
+    the family, ``""`` where a point lacks the attribute (``error_type=""`` on
+    a success). Prometheus reads an empty label as absent; so does this text,
+    as the semantic conventions want it (the scope labels stay as they are).
+    """
+    if all(value or key.startswith("otel_scope_") for key, value in sample.labels.items()):
+        return sample
+    labels = {key: value for key, value in sample.labels.items() if value or key.startswith("otel_scope_")}
+    return sample._replace(labels=labels)
 
 
 def without_native(families: Iterable[Family]) -> Iterator[Family]:
