@@ -310,7 +310,7 @@ class ExponentialSeries(SampledSeries):
         self.expo: dict[int, _exponential.Cell] = {}
         self.sampling = table.exemplar_filter != "always_off"
 
-    def record(self, value: float) -> None:  # noqa: C901, PLR0912 - one inlined hot path, no calls
+    def record(self, value: float) -> None:  # noqa: C901, PLR0912 - one hot path, inlined on purpose
         """Count ``value`` in its explicit and its exponential bucket; keep an exemplar if sampled."""
         try:
             slot = _local.slot

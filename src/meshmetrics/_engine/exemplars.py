@@ -1,0 +1,136 @@
+"""Exemplars: which measurements are kept (the filter), how the hot path sees the span, and collection.
+
+The OpenTelemetry exemplar filters are ``trace_based`` (the default: only a
+measurement made inside a sampled span), ``always_on`` and ``always_off``.
+The hot path (in ``series.py``) reads the current span through
+:func:`current_context` — one context-variable read when the API's default
+runtime context is in use — and stores a sampled measurement as a
+:data:`Sample` tuple in the calling thread's slot: counters keep the last one
+per thread, histograms the last one per bucket per thread (the
+aligned-histogram-bucket reservoir). A collection gives each reader the
+samples recorded since that reader's previous collection (it remembers the
+samples it has already seen, on the series, as it remembers delta state),
+newest first across threads, as the SDK's ``Exemplar`` type.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from opentelemetry import context as _context
+from opentelemetry.sdk.metrics._internal.exemplar import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    Exemplar,
+    TraceBasedExemplarFilter,
+)
+from opentelemetry.sdk.metrics._internal.exemplar import ExemplarFilter as SdkExemplarFilter
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+from meshmetrics._log import RateLimitedLog
+
+ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
+FILTERS: tuple[ExemplarFilter, ...] = ("trace_based", "always_on", "always_off")
+ENVIRONMENT_VARIABLE = "OTEL_METRICS_EXEMPLAR_FILTER"
+SPAN_KEY: str = _SPAN_KEY  # the context key of the current span (the API's own)
+
+Sample = tuple[Any, int, "int | None", "int | None"]
+"""One kept measurement: value, time (ns since the epoch), span id, trace id."""
+
+_log = RateLimitedLog()
+
+
+def _context_getter() -> Callable[[], Mapping[str, object]]:
+    """The cheapest way to read the current context: the context variable itself when it is there."""
+    runtime = getattr(_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)  # ContextVarsRuntimeContext's ContextVar
+    getter = getattr(variable, "get", None)
+    if callable(getter):
+        return getter  # type: ignore[no-any-return]
+    return _context.get_current  # another runtime context: the public API
+
+
+current_context = _context_getter()
+"""Return the current OpenTelemetry context (a mapping); ``tests/unit/test_exemplars.py`` pins it."""
+
+
+def exemplar_filter(settings: object, environ: Mapping[str, str] | None = None) -> ExemplarFilter:
+    """The filter ``settings.exemplar_filter`` names, else ``OTEL_METRICS_EXEMPLAR_FILTER``, else trace_based.
+
+    Names are case-insensitive; an unknown one is logged (once a minute) and
+    trace_based is used.
+    """
+    raw = getattr(settings, "exemplar_filter", None)
+    source = "exemplar_filter"
+    if raw is None:
+        raw = (os.environ if environ is None else environ).get(ENVIRONMENT_VARIABLE)
+        source = ENVIRONMENT_VARIABLE
+    if raw is None or not str(raw).strip():
+        return "trace_based"
+    value = str(raw).strip().lower()
+    for known in FILTERS:
+        if value == known:
+            return known
+    _log.warning(
+        ("exemplar_filter", value),
+        "meshmetrics_exemplar_filter_unknown",
+        source=source,
+        value=value,
+        allowed=list(FILTERS),
+        using="trace_based",
+    )
+    return "trace_based"
+
+
+def sdk_exemplar_filter(name: ExemplarFilter) -> SdkExemplarFilter:
+    """The SDK's filter object of ``name``, for ``MeterProvider(exemplar_filter=...)`` (the SDK path).
+
+    Passing it also keeps the SDK from reading ``OTEL_METRICS_EXEMPLAR_FILTER``
+    itself, which it does case-sensitively, raising on ``ALWAYS_ON``.
+    """
+    if name == "always_on":
+        return AlwaysOnExemplarFilter()
+    if name == "always_off":
+        return AlwaysOffExemplarFilter()
+    return TraceBasedExemplarFilter()
+
+
+def _exemplar(sample: Sample) -> Exemplar:
+    value, time_ns, span_id, trace_id = sample
+    return Exemplar({}, value, time_ns, span_id, trace_id)
+
+
+def newest_unseen(samples: Iterable[Sample | None], seen: frozenset[Sample]) -> Sample | None:
+    """The newest of ``samples`` that the reader has not seen yet."""
+    newest: Sample | None = None
+    for sample in samples:
+        if sample is not None and sample not in seen and (newest is None or sample[1] > newest[1]):
+            newest = sample
+    return newest
+
+
+def collect_counter(per_thread: list[Sample], seen: frozenset[Sample]) -> list[Exemplar]:
+    """A counter's exemplar for a reader: the newest sample it has not seen (at most one)."""
+    newest = newest_unseen(per_thread, seen)
+    return [] if newest is None else [_exemplar(newest)]
+
+
+def collect_histogram(per_thread: list[list[Sample | None]], seen: frozenset[Sample]) -> list[Exemplar]:
+    """A histogram's exemplars for a reader: per bucket, the newest sample it has not seen."""
+    exemplars = []
+    for bucket in zip(*per_thread, strict=True):
+        newest = newest_unseen(bucket, seen)
+        if newest is not None:
+            exemplars.append(_exemplar(newest))
+    return exemplars
+
+
+def newest(first: Sample | None, second: Sample | None) -> Sample | None:
+    """The later of two samples (either may be missing)."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return second if second[1] >= first[1] else first
