@@ -21,7 +21,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def make_wsgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> WSGIApp:
+def make_wsgi_app(
+    registry: CollectorRegistry, auth: EndpointAuth, *, native_histograms: bool = False
+) -> WSGIApp:
     """A WSGI app answering ``/metrics`` (relative to where it is mounted)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -34,6 +36,7 @@ def make_wsgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> WSGIApp:
             accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
             registry=registry,
             auth=auth,
+            native_histograms=native_histograms,
         )
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]
@@ -41,7 +44,9 @@ def make_wsgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> WSGIApp:
     return app
 
 
-def make_asgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> ASGIApp:
+def make_asgi_app(
+    registry: CollectorRegistry, auth: EndpointAuth, *, native_histograms: bool = False
+) -> ASGIApp:
     """An ASGI (HTTP) app answering ``/metrics``."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG001 - the ASGI signature
@@ -60,6 +65,7 @@ def make_asgi_app(registry: CollectorRegistry, auth: EndpointAuth) -> ASGIApp:
             accept_encoding=headers.get("accept-encoding"),
             registry=registry,
             auth=auth,
+            native_histograms=native_histograms,
         )
         encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]
         await send({"type": "http.response.start", "status": status, "headers": encoded})

@@ -183,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             accept_encoding=self._field("Accept-Encoding"),
             registry=self.server.registry,
             auth=self.server.auth,
+            native_histograms=self.server.native_histograms,
         )
         self._deadline.restart(RESPONSE_TIMEOUT_S)
         self.send_response(status)
@@ -246,6 +247,7 @@ class _Server(HTTPServer):
         self.auth = auth
         self.max_connections = max_connections
         self.request_timeout = request_timeout
+        self.native_histograms = False
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
 
@@ -363,8 +365,12 @@ def serve(
     *,
     max_connections: int = MAX_CONNECTIONS,
     request_timeout: float = REQUEST_TIMEOUT_S,
+    native_histograms: bool = False,
 ) -> MetricsServer:
     """Serve ``registry`` on ``/metrics`` from a daemon thread.
+
+    ``native_histograms`` lets a scraper that asks for Prometheus' protobuf
+    format get native histograms (see :func:`~meshmetrics._serve.exposition.respond`).
 
     ``max_connections`` bounds the connections (and threads) served at once;
     ``request_timeout`` is the time a connection has to deliver its TLS
@@ -385,6 +391,7 @@ def serve(
         max_connections=max_connections,
         request_timeout=request_timeout,
     )
+    server.native_histograms = native_histograms
     thread = threading.Thread(target=server.serve_forever, name="meshmetrics-metrics-http", daemon=True)
     thread.start()
     return MetricsServer(server, thread, host, "https" if tls else "http")

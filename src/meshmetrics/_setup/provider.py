@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry
 
 from meshmetrics import semconv
 from meshmetrics._engine import runtime as _runtime
+from meshmetrics._engine.exemplars import exemplar_filter, sdk_exemplar_filter
+from meshmetrics._engine.merge import HistogramKind
 from meshmetrics._policy.core import AttributePolicy
 from meshmetrics._policy.profiles import kept_keys
 from meshmetrics._serve import apps as _apps
@@ -137,11 +139,17 @@ class MetricsHandle:
         Made before a fork (gunicorn ``--preload``), it serves the forked
         worker's own provider (or, in multiprocess mode, every worker merged).
         """
-        return _apps.make_wsgi_app(self._registry_source(), endpoint_auth(self.settings))
+        native = self.settings.prometheus_native_histograms
+        return _apps.make_wsgi_app(
+            self._registry_source(), endpoint_auth(self.settings), native_histograms=native
+        )
 
     def asgi_app(self) -> _apps.ASGIApp:
         """``/metrics`` as an ASGI app with this configuration's authentication (fork-aware, as WSGI)."""
-        return _apps.make_asgi_app(self._registry_source(), endpoint_auth(self.settings))
+        native = self.settings.prometheus_native_histograms
+        return _apps.make_asgi_app(
+            self._registry_source(), endpoint_auth(self.settings), native_histograms=native
+        )
 
     def _registry_source(self) -> CollectorRegistry:
         if self._registry is None:
@@ -162,13 +170,7 @@ class MetricsHandle:
         if not self.settings.prometheus_server:
             return
         try:
-            server = _http.serve(
-                self._registry,
-                self.settings.prometheus_host,
-                self.settings.prometheus_port,
-                endpoint_auth(self.settings),
-                _tls(self.settings),
-            )
+            server = _bind(self.settings, self._registry, self.settings.prometheus_port)
         except OSError:
             return  # still served by another process
         self._prometheus = server
@@ -264,6 +266,18 @@ class MetricsHandle:
         self.shutdown()
 
 
+def _bind(settings: _config.Settings, registry: CollectorRegistry, port: int) -> _http.MetricsServer:
+    """Serve ``registry`` on ``port`` with the settings' host, authentication, TLS and formats."""
+    return _http.serve(
+        registry,
+        settings.prometheus_host,
+        port,
+        endpoint_auth(settings),
+        _tls(settings),
+        native_histograms=settings.prometheus_native_histograms,
+    )
+
+
 def _check_views(views: Sequence[View], prometheus: bool) -> None:
     for view in views:
         if prometheus and isinstance(view._aggregation, ExponentialBucketHistogramAggregation):  # noqa: SLF001
@@ -284,6 +298,7 @@ def configure(
     prometheus_port: int | None = None,
     prometheus_server: bool | None = None,
     prometheus_port_in_use: Literal["warn", "raise"] | None = None,
+    prometheus_native_histograms: bool | None = None,
     prometheus_on_fork: Literal["disable", "offset"] | None = None,
     prometheus_bearer_token: str | None = None,
     prometheus_bearer_token_file: str | None = None,
@@ -307,6 +322,7 @@ def configure(
     max_label_length: int | None = None,
     fast_path: bool | None = None,
     series_ttl: float | None = None,
+    exemplar_filter: Literal["trace_based", "always_on", "always_off"] | None = None,
     attribute_policies: Mapping[str, AttributePolicy] | None = None,
     normalizers: Mapping[str, Callable[[str], str]] | None = None,
     multiprocess_dir: str | None = None,
@@ -413,7 +429,7 @@ def _serve_endpoint(
     host = settings.prometheus_host
     for port in ports:
         try:
-            return _http.serve(registry, host, port, endpoint_auth(settings), _tls(settings))
+            return _bind(settings, registry, port)
         except OSError as error:  # noqa: PERF203 - one try per port, rarely more than one
             if error.errno == errno.EADDRINUSE:
                 continue
@@ -435,18 +451,22 @@ def _serve_endpoint(
 
 def _pull_readers(
     settings: _config.Settings, readers: list[MetricReader]
-) -> tuple[_prometheus.CumulativeReader | None, CollectorRegistry | None]:
+) -> tuple[_prometheus.CumulativeReader | None, CollectorRegistry | None, MetricReader | None]:
     """Add the pull side's readers: this process's own endpoint, or (multiprocess) its published state."""
     if settings.multiprocess_dir:
         publishing = _prometheus.CumulativeReader()
         readers.append(publishing)
         # the endpoint serves every worker merged: its collector is registered once the provider exists
-        return publishing, CollectorRegistry(auto_describe=True) if settings.prometheus_enabled else None
+        return (
+            publishing,
+            CollectorRegistry(auto_describe=True) if settings.prometheus_enabled else None,
+            None,
+        )
     if not settings.prometheus_enabled:
-        return None, None
+        return None, None, None
     endpoint_reader, registry = _prometheus.make_translating_reader()
     readers.append(endpoint_reader)
-    return None, registry
+    return None, registry, endpoint_reader
 
 
 def _build(
@@ -459,11 +479,12 @@ def _build(
     ports: Sequence[int] | None = None,
     in_child: bool = False,
 ) -> MetricsHandle:
-    _check_views(user_views, settings.prometheus_enabled)
+    text_only = settings.prometheus_enabled and not settings.prometheus_native_histograms
+    _check_views(user_views, prometheus=text_only)
     resource = resource or _resource(settings)
 
     readers: list[MetricReader] = list(extra_readers)
-    publishing, registry = _pull_readers(settings, readers)
+    publishing, registry, endpoint_reader = _pull_readers(settings, readers)
     push_reader = tracker = None
     if settings.otlp_endpoint:
         _otlp.quiet_exporter_logs()
@@ -479,9 +500,14 @@ def _build(
         metric_readers=readers,
         resource=resource,
         views=[*conventions_views(settings.detail, settings.dropped()), *user_views],
+        exemplar_filter=sdk_exemplar_filter(exemplar_filter(settings)),  # the SDK path, as the fast path
         shutdown_on_exit=False,  # the handle registers its own, time-bounded
     )
-    runtime = _runtime.runtime_for(provider, settings, readers, user_views)
+    native = settings.prometheus_native_histograms and endpoint_reader is not None
+    kinds: dict[MetricReader, HistogramKind] | None = (
+        {endpoint_reader: "both"} if native and endpoint_reader is not None else None
+    )
+    runtime = _runtime.runtime_for(provider, settings, readers, user_views, kinds)
     publisher = None
     if publishing is not None and settings.multiprocess_dir:
         publisher = _workers.Publisher(
@@ -544,13 +570,7 @@ def _serve_shared_endpoint(
 ) -> _http.MetricsServer | None:
     """Multiprocess mode: serve the merged view unless another process already does (expected)."""
     try:
-        return _http.serve(
-            registry,
-            settings.prometheus_host,
-            settings.prometheus_port,
-            endpoint_auth(settings),
-            _tls(settings),
-        )
+        return _bind(settings, registry, settings.prometheus_port)
     except OSError as error:
         if error.errno != errno.EADDRINUSE:
             raise _config.PrometheusEndpointError(

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from meshmetrics._policy.profiles import ALIASES as DETAIL_ALIASES
+from meshmetrics._policy.profiles import DETAILS
+
 Protocol = Literal["grpc", "http/protobuf"]
 Temporality = Literal["cumulative", "delta", "lowmemory"]
 HistogramAggregation = Literal["explicit_bucket_histogram", "base2_exponential_bucket_histogram"]
@@ -115,6 +118,7 @@ class Settings:
     prometheus_on_fork: OnFork = "disable"
     prometheus_fork_port_range: int = 64
     prometheus_port_in_use: PortInUse = "warn"
+    prometheus_native_histograms: bool = False
     otlp_endpoint: str | None = field(default=None, repr=False)  # may carry user info
     otlp_protocol: Protocol = "grpc"
     otlp_headers: Mapping[str, str] | None = field(default=None, repr=False)
@@ -130,6 +134,7 @@ class Settings:
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
     fast_path: bool = True
     series_ttl_s: float = 0.0
+    exemplar_filter: str = "trace_based"
     multiprocess_dir: str | None = None
     multiprocess_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     attribute_policies: Mapping[str, Any] = field(default_factory=dict)
@@ -434,6 +439,15 @@ OPTIONS: tuple[Option, ...] = (
         check=_choice("warn", "raise"),
     ),
     _o(
+        "prometheus_native_histograms",
+        "endpoint",
+        "off",
+        "serve histograms as native histograms to a Prometheus that asks for protobuf (see Exemplars and "
+        "native histograms); text scrapers keep the classic buckets",
+        _PFX + "NATIVE_HISTOGRAMS",
+        check=_flag,
+    ),
+    _o(
         "prometheus_on_fork",
         "endpoint",
         "`disable`",
@@ -585,7 +599,7 @@ OPTIONS: tuple[Option, ...] = (
         "`standard`",
         "`full`, `standard` or `minimal` (see the reference)",
         "MESHMETRICS_DETAIL",
-        check=_choice("full", "standard", "minimal"),
+        check=_choice(*DETAILS, *DETAIL_ALIASES),
     ),
     _o(
         "max_label_length",
@@ -601,6 +615,15 @@ OPTIONS: tuple[Option, ...] = (
         "meshmetrics' own aggregation (see Performance)",
         "MESHMETRICS_FAST_PATH",
         check=_flag,
+    ),
+    _o(
+        "exemplar_filter",
+        "recording",
+        "`trace_based`",
+        "which measurements keep an exemplar: `trace_based`, `always_on` or `always_off` (see Exemplars "
+        "and native histograms)",
+        "OTEL_METRICS_EXEMPLAR_FILTER",
+        check=_choice("trace_based", "always_on", "always_off"),
     ),
     _o(
         "series_ttl",
@@ -804,6 +827,7 @@ def resolve(*, environ: Mapping[str, str] | None = None, **arguments: Any) -> Se
         prometheus_port=got.get("prometheus_port", DEFAULT_PROMETHEUS_PORT),
         prometheus_server=got.get("prometheus_server", True),
         prometheus_port_in_use=got.get("prometheus_port_in_use", "warn"),
+        prometheus_native_histograms=got.get("prometheus_native_histograms", False),
         prometheus_on_fork=got.get("prometheus_on_fork", "disable"),
         **_security(got),
         otlp_endpoint=_otlp_endpoint(got),
@@ -821,6 +845,7 @@ def resolve(*, environ: Mapping[str, str] | None = None, **arguments: Any) -> Se
         max_label_length=got.get("max_label_length", DEFAULT_MAX_LABEL_LENGTH),
         fast_path=got.get("fast_path", True),
         series_ttl_s=got.get("series_ttl", 0.0),
+        exemplar_filter=got.get("exemplar_filter", "trace_based"),
         multiprocess_dir=got.get("multiprocess_dir"),
         multiprocess_interval_s=got.get("multiprocess_interval", DEFAULT_PUBLISH_INTERVAL_S),
         attribute_policies=policies,
