@@ -567,6 +567,8 @@ def build() -> dict[str, object]:
                             "datasource": DATASOURCE,
                             "expr": expr,
                             "legendFormat": legend,
+                            # latency quantiles link to traces: Grafana shows the buckets' exemplars
+                            **({"exemplar": True} if "histogram_quantile" in expr else {}),
                         }
                         for n, (expr, legend) in enumerate(queries)
                     ],
