@@ -132,7 +132,9 @@ def _metric(raw: dict[str, Any], attributes: dict[str, dict[str, Any]]) -> dict[
         uses.append({"key": key, "requirement_level": level, "condition": condition})
     multiprocess = str(extra.get("multiprocess", ""))
     if kind == "gauge" and multiprocess not in MULTIPROCESS_RULES:
-        raise RegistryError(f"metric {name}: a gauge needs multiprocess: one of {', '.join(MULTIPROCESS_RULES)}")
+        raise RegistryError(
+            f"metric {name}: a gauge needs multiprocess: one of {', '.join(MULTIPROCESS_RULES)}"
+        )
     if kind != "gauge" and multiprocess:
         raise RegistryError(f"metric {name}: only gauges take a multiprocess rule (sums always add up)")
     counterparts = extra.get("counterparts") or {}

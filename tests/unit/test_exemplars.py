@@ -44,12 +44,12 @@ class Setup:
 
 
 def configure(monkeypatch: pytest.MonkeyPatch, exemplar_filter: str | None, *readers: MetricReader) -> Setup:
-    if exemplar_filter is None:
-        monkeypatch.delenv(FILTER, raising=False)
-    else:
-        monkeypatch.setenv(FILTER, exemplar_filter)
+    monkeypatch.delenv(FILTER, raising=False)  # the SDK path would read it on its own
+    environ = {} if exemplar_filter is None else {FILTER: exemplar_filter}  # the variable, as users set it
     reader = InMemoryMetricReader()
-    handle = meshmetrics.configure(readers=[reader, *readers], prometheus=False, set_global=False, environ={})
+    handle = meshmetrics.configure(
+        readers=[reader, *readers], prometheus=False, set_global=False, environ=environ
+    )
     return Setup(LoadBalancerMetrics(), reader, handle)
 
 

@@ -39,9 +39,7 @@ def test_the_endpoint_serves_every_process_of_the_directory(tmp_path):
             lb.record_request("api", "a", "round_robin")
         """
     )
-    subprocess.run(
-        [sys.executable, "-c", child], check=True, timeout=60, cwd=os.getcwd()
-    )  # exits: published at exit
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=60)  # exits: published at exit
     handle = meshmetrics.configure(
         multiprocess_dir=str(tmp_path),
         prometheus_port=0,

@@ -599,7 +599,7 @@ OPTIONS: tuple[Option, ...] = (
         "`standard`",
         "`full`, `standard` or `minimal` (see the reference)",
         "MESHMETRICS_DETAIL",
-        check=_choice(*DETAILS, *DETAIL_ALIASES),
+        check=_choice(*DETAIL_ALIASES, *DETAILS),
     ),
     _o(
         "max_label_length",
