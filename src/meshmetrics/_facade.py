@@ -123,7 +123,11 @@ class Facade:
         if runtime is None:
             return
         try:
-            series = runtime.tables[metric.name].series_of(values)
+            table = runtime.tables[metric.name]
+            try:  # Table.series_of, inlined: counters are the hottest calls
+                series = table.cache.get(values) or table.find(values)
+            except Exception:  # unhashable or hostile: the policy says why
+                series = table.find(values)
             if series is not None:
                 series.add(amount)
         except Exception as error:

@@ -15,7 +15,9 @@ newest first across threads, as the SDK's ``Exemplar`` type.
 
 from __future__ import annotations
 
+import contextvars
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -54,6 +56,29 @@ def _context_getter() -> Callable[[], Mapping[str, object]]:
 
 current_context = _context_getter()
 """Return the current OpenTelemetry context (a mapping); ``tests/unit/test_exemplars.py`` pins it."""
+
+NO_CONTEXT: object = contextvars.Context().run(current_context)
+"""What :func:`current_context` returns where nothing was ever attached (no span): one identity test."""
+
+
+def sample(context: Mapping[str, object], value: Any, sampling: int) -> Sample | None:
+    """The exemplar of ``value`` measured in ``context``, or None; ``sampling`` 1: trace_based, 2: always_on.
+
+    A span that is sampled (trace flag 1) gives its ids; under always_on any
+    valid span gives them, and a measurement outside spans is kept without.
+    """
+    span = context.get(SPAN_KEY) if context is not NO_CONTEXT else None
+    if span is not None:
+        # a SpanContext is a tuple: unpacking it is cheaper than its properties (pinned by a test)
+        trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
+        if flags & 1 or (sampling == ALWAYS_ON and valid):
+            return (value, time.time_ns(), span_id, trace_id)
+    if sampling == ALWAYS_ON:
+        return (value, time.time_ns(), None, None)
+    return None
+
+
+ALWAYS_ON = 2
 
 
 def exemplar_filter(settings: object, environ: Mapping[str, str] | None = None) -> ExemplarFilter:

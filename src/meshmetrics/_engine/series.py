@@ -15,9 +15,10 @@ metric's budgets (a live-series count per bounded value, so freeing a place
 rescans nothing) and its series limit, creating and publishing a new series
 under the table's lock.
 
-With an exemplar filter other than ``always_off`` a table's series are
-:class:`SampledSeries`, which also keep the last sampled measurement per
-thread (per bucket for histograms; see ``exemplars.py``); with
+With an exemplar filter other than ``always_off`` a counter's or histogram's
+series also keeps the last sampled measurement per thread (per bucket for
+histograms; see ``exemplars.py``), at the cost of one identity test when no
+span can be current; with
 ``exponential=True`` a histogram's series are :class:`ExponentialSeries`,
 which keep base-2 exponential buckets beside the explicit ones (see
 ``exponential.py``) so each reader can be sent either kind.
@@ -56,6 +57,10 @@ monotonic = time.monotonic  # the clock of idleness (tests replace it)
 _RETIRED = 0  # the slot that keeps what finished threads recorded (written by collections only)
 _context = _exemplars.current_context
 _SPAN_KEY = _exemplars.SPAN_KEY
+_NO_CONTEXT = _exemplars.NO_CONTEXT
+_sample = _exemplars.sample
+_OFF, _ALWAYS = 0, _exemplars.ALWAYS_ON
+_SAMPLING = {"always_off": _OFF, "trace_based": 1, "always_on": _ALWAYS}
 _time_ns = time.time_ns
 
 
@@ -101,6 +106,7 @@ class Series:
         "labels",
         "last_change_s",
         "last_total",
+        "sampling",
         "seen",
         "sent",
         "start_ns",
@@ -116,7 +122,8 @@ class Series:
         self.start_ns = time.time_ns()
         self.cells: dict[int, Any] = {}
         self.sent: dict[int, Any] = {}  # reader id -> what that reader was last sent (delta)
-        self.exemplars: dict[int, Any] = {}  # slot -> that thread's sample(s) (SampledSeries only)
+        self.exemplars: dict[int, Any] = {}  # slot -> that thread's sample(s), when sampling
+        self.sampling = _SAMPLING[table.exemplar_filter] if table.kind != "gauge" else _OFF
         self.seen: dict[int, frozenset[Any]] = {}  # reader id -> the samples it has been given or passed
         self.aliases: set[tuple[object, ...]] = set()  # raw tuples of the hot-path cache
         self.ended = False
@@ -124,37 +131,55 @@ class Series:
         self.last_change_s = monotonic()
 
     def add(self, amount: float) -> None:
-        """Counter, up-down counter: add ``amount`` in the calling thread's cell."""
+        """Counter, up-down counter: add ``amount`` in the calling thread's cell (and keep an exemplar)."""
         try:
             slot = _local.slot
         except AttributeError:
             slot = _new_slot()
         cells = self.cells
         cells[slot] = cells.get(slot, 0) + amount
+        sampling = self.sampling
+        if sampling:  # no span in this thread or task: one identity test, under trace_based
+            context = _context()
+            if context is not _NO_CONTEXT or sampling is _ALWAYS:
+                sample = _sample(context, amount, sampling)
+                if sample is not None:
+                    self.exemplars[slot] = sample
 
     def set(self, value: float) -> None:
         """Gauge: the last value set wins, whichever thread set it."""
         self.cells[_RETIRED] = value
 
-    def record(self, value: float) -> None:
-        """Histogram: count ``value`` in its bucket; track sum, min and max."""
+    def record(self, value: float) -> int:
+        """Histogram: count ``value`` in its bucket, track sum and extremes (keep an exemplar); its slot."""
         try:
-            slot = _local.slot
+            slot: int = _local.slot
         except AttributeError:
             slot = _new_slot()
         cell = self.cells.get(slot)
         if cell is None:
             cell = self.cells[slot] = self.table.new_cell()
         cell[SUM] += value
-        if value < cell[MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
-            cell[MIN] = value
-        if value > cell[MAX]:  # noqa: PLR1730
-            cell[MAX] = value
-        if value < cell[IMIN]:  # noqa: PLR1730
-            cell[IMIN] = value
+        if value < cell[IMIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
+            cell[IMIN] = value  # the lifetime extremes are folded in by collections
         if value > cell[IMAX]:  # noqa: PLR1730
             cell[IMAX] = value
-        cell[BUCKETS + bisect_left(self.bounds, value)] += 1
+        bucket = bisect_left(self.bounds, value)
+        cell[BUCKETS + bucket] += 1
+        sampling = self.sampling
+        if sampling:
+            context = _context()
+            if context is not _NO_CONTEXT or sampling is _ALWAYS:
+                sample = _sample(context, value, sampling)
+                if sample is not None:
+                    self._keep(slot, bucket, sample)
+        return slot
+
+    def _keep(self, slot: int, bucket: int, sample: _exemplars.Sample) -> None:
+        samples = self.exemplars.get(slot)
+        if samples is None:
+            samples = self.exemplars[slot] = [None] * (len(self.bounds) + 1)
+        samples[bucket] = sample
 
     def total(self, live: frozenset[int] | None = None) -> Any:
         """The merged value of every cell; with ``live``, finished threads' cells are folded first."""
@@ -169,8 +194,8 @@ class Series:
         merged = self.table.new_cell()
         for cell in values:
             merged[SUM] += cell[SUM]
-            merged[MIN] = min(merged[MIN], cell[MIN])
-            merged[MAX] = max(merged[MAX], cell[MAX])
+            merged[MIN] = min(merged[MIN], cell[MIN], cell[IMIN])  # lifetime: folded + this interval
+            merged[MAX] = max(merged[MAX], cell[MAX], cell[IMAX])
             merged[IMIN] = min(merged[IMIN], cell[IMIN])
             merged[IMAX] = max(merged[IMAX], cell[IMAX])
             for index in range(BUCKETS, len(merged)):
@@ -213,78 +238,14 @@ class Series:
             ]
 
     def reset_interval_extremes(self) -> None:
-        """Start a new delta interval for min and max (shared by every delta reader)."""
+        """Start a new delta interval for min and max (shared by every delta reader).
+
+        The interval's extremes are first folded into the lifetime ones, which
+        only collections write (the recording thread tracks the interval's).
+        """
         for cell in list(self.cells.values()):
+            cell[MIN], cell[MAX] = min(cell[MIN], cell[IMIN]), max(cell[MAX], cell[IMAX])
             cell[IMIN], cell[IMAX] = math.inf, -math.inf
-
-
-class SampledSeries(Series):
-    """A series that also keeps exemplars: the filter is ``trace_based``, or ``always_on`` when ``always``.
-
-    Each thread keeps its last sampled measurement (a counter) or its last
-    per bucket (a histogram) in ``exemplars[slot]``, written only by that
-    thread, like its cell.
-    """
-
-    __slots__ = ("always",)
-
-    def __init__(self, table: Table, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> None:
-        """A new series of ``table``, sampling with the table's exemplar filter."""
-        super().__init__(table, labels, attributes)
-        self.always = table.exemplar_filter == "always_on"
-
-    def add(self, amount: float) -> None:
-        """Add ``amount`` in the calling thread's cell; keep it as that thread's exemplar if sampled."""
-        try:
-            slot = _local.slot
-        except AttributeError:
-            slot = _new_slot()
-        cells = self.cells
-        cells[slot] = cells.get(slot, 0) + amount
-        span = _context().get(_SPAN_KEY)
-        if span is not None:
-            # a SpanContext is a tuple: unpacking it is cheaper than its properties (pinned by a test)
-            trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
-            if flags & 1 or (self.always and valid):
-                self.exemplars[slot] = (amount, _time_ns(), span_id, trace_id)
-                return
-        if self.always:
-            self.exemplars[slot] = (amount, _time_ns(), None, None)
-
-    def record(self, value: float) -> None:
-        """Count ``value`` in its bucket; keep it as the bucket's exemplar in this thread if sampled."""
-        try:
-            slot = _local.slot
-        except AttributeError:
-            slot = _new_slot()
-        cell = self.cells.get(slot)
-        if cell is None:
-            cell = self.cells[slot] = self.table.new_cell()
-        cell[SUM] += value
-        if value < cell[MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
-            cell[MIN] = value
-        if value > cell[MAX]:  # noqa: PLR1730
-            cell[MAX] = value
-        if value < cell[IMIN]:  # noqa: PLR1730
-            cell[IMIN] = value
-        if value > cell[IMAX]:  # noqa: PLR1730
-            cell[IMAX] = value
-        bucket = bisect_left(self.bounds, value)
-        cell[BUCKETS + bucket] += 1
-        span = _context().get(_SPAN_KEY)
-        if span is not None:
-            trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
-            if flags & 1 or (self.always and valid):
-                self._keep(slot, bucket, (value, _time_ns(), span_id, trace_id))
-                return
-        if self.always:
-            self._keep(slot, bucket, (value, _time_ns(), None, None))
-
-    def _keep(self, slot: int, bucket: int, sample: _exemplars.Sample) -> None:
-        samples = self.exemplars.get(slot)
-        if samples is None:
-            samples = self.exemplars[slot] = [None] * (len(self.bounds) + 1)
-        samples[bucket] = sample
 
 
 class HistogramTotal(NamedTuple):
@@ -294,7 +255,7 @@ class HistogramTotal(NamedTuple):
     exponential: _exponential.Snapshot
 
 
-class ExponentialSeries(SampledSeries):
+class ExponentialSeries(Series):
     """A histogram series keeping base-2 exponential buckets beside the explicit ones.
 
     ``expo[slot]`` is the calling thread's exponential cell (see
@@ -302,34 +263,16 @@ class ExponentialSeries(SampledSeries):
     table's filter is ``always_off``.
     """
 
-    __slots__ = ("expo", "sampling")
+    __slots__ = ("expo",)
 
     def __init__(self, table: Table, labels: tuple[str, ...], attributes: Mapping[str, Any]) -> None:
         """A new exponential series of ``table``."""
         super().__init__(table, labels, attributes)
         self.expo: dict[int, _exponential.Cell] = {}
-        self.sampling = table.exemplar_filter != "always_off"
 
-    def record(self, value: float) -> None:  # noqa: C901, PLR0912 - one hot path, inlined on purpose
-        """Count ``value`` in its explicit and its exponential bucket; keep an exemplar if sampled."""
-        try:
-            slot = _local.slot
-        except AttributeError:
-            slot = _new_slot()
-        cell = self.cells.get(slot)
-        if cell is None:
-            cell = self.cells[slot] = self.table.new_cell()
-        cell[SUM] += value
-        if value < cell[MIN]:  # noqa: PLR1730 - a comparison is cheaper than min() here
-            cell[MIN] = value
-        if value > cell[MAX]:  # noqa: PLR1730
-            cell[MAX] = value
-        if value < cell[IMIN]:  # noqa: PLR1730
-            cell[IMIN] = value
-        if value > cell[IMAX]:  # noqa: PLR1730
-            cell[IMAX] = value
-        bucket = bisect_left(self.bounds, value)
-        cell[BUCKETS + bucket] += 1
+    def record(self, value: float) -> int:
+        """Count ``value`` in its explicit bucket (:meth:`Series.record`) and in its exponential one."""
+        slot = Series.record(self, value)
         expo = self.expo.get(slot)
         if expo is None:
             expo = self.expo[slot] = _exponential.new_cell()
@@ -351,16 +294,7 @@ class ExponentialSeries(SampledSeries):
                 _exponential.add_bucket(expo, value, index)
         else:
             _exponential.record(expo, value)  # zero, or a subnormal value
-        if not self.sampling:
-            return
-        span = _context().get(_SPAN_KEY)
-        if span is not None:
-            trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
-            if flags & 1 or (self.always and valid):
-                self._keep(slot, bucket, (value, _time_ns(), span_id, trace_id))
-                return
-        if self.always:
-            self._keep(slot, bucket, (value, _time_ns(), None, None))
+        return slot
 
     def total(self, live: frozenset[int] | None = None) -> HistogramTotal:
         """Both kinds of buckets merged over every thread (finished threads folded first with ``live``)."""
@@ -393,6 +327,7 @@ class SdkSeries(Series):
         """A series whose measurements go to ``instrument`` with ``attributes``."""
         super().__init__(table, labels, attributes)
         self.instrument = instrument
+        self.sampling = _OFF  # the SDK keeps this path's exemplars
 
     def add(self, amount: float) -> None:
         """Add on the SDK instrument (and to the own count)."""
@@ -403,9 +338,10 @@ class SdkSeries(Series):
         """Set the SDK gauge."""
         self.instrument.set(value, self.attributes)
 
-    def record(self, value: float) -> None:
-        """Record on the SDK histogram."""
+    def record(self, value: float) -> int:
+        """Record on the SDK histogram (no slot of its own: 0)."""
         self.instrument.record(value, self.attributes)
+        return _RETIRED
 
 
 class Table:
@@ -444,8 +380,6 @@ class Table:
         self._series_class: type[Series] = Series
         if self.exponential:
             self._series_class = ExponentialSeries
-        elif exemplar_filter != "always_off" and self.kind != "gauge":
-            self._series_class = SampledSeries
         self.lock = threading.Lock()  # publishing, ending, budgets, and one collection at a time
         self.cache: dict[tuple[object, ...], Series] = {}  # raw tuple -> series: the hot path
         self.by_labels: dict[tuple[str, ...], Series] = {}  # the live series
