@@ -11,7 +11,11 @@ strict mode, and a value that cannot even be classified (its ``__str__`` or
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from opentelemetry.metrics import MeterProvider
 
@@ -26,10 +30,14 @@ from meshmetrics.semconv import ATTR_MESH_INSTANCE as ATTR_INSTANCE
 from meshmetrics.semconv import ATTR_MESH_SERVICE as ATTR_SERVICE
 from meshmetrics.semconv import METRICS
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # a dependency of opentelemetry-api
+
 # Every metric with a per-instance series: what ends when an instance goes away.
 INSTANCE_METRICS = tuple(name for name, d in METRICS.items() if ATTR_INSTANCE in d.attribute_keys)
 
 Validator = Callable[[Policy, str, str, object], "float | int | None"]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 _INF = float("inf")
@@ -164,6 +172,17 @@ class Facade:
         except Exception as error:
             self._fail(runtime, metric.name, error)
 
+    def _check(self, metric: MetricDefinition, validator: Validator, field: str, value: object) -> Any:
+        """Validate a value that shapes attributes rather than being recorded; None if rejected."""
+        runtime = self._runtime()
+        if runtime is None:
+            return None
+        try:
+            return validator(runtime.policy, metric.name, field, value)
+        except Exception as error:
+            self._fail(runtime, metric.name, error)
+            return None
+
     def _remove_instance(self, service: object, instance: object) -> None:
         """End every series of ``instance`` of ``service`` (it is gone)."""
         runtime = self._runtime()
@@ -202,3 +221,71 @@ class Facade:
 
 
 _state_name = state_name  # the name the facades of the first build use
+
+
+class Tracked:
+    """Something timed around a block: a context manager (sync and async) and a decorator.
+
+    Subclasses say what happens at the start (``_begin``) and the end
+    (``_end``, given the exception the block raised, if any), and how to make
+    a fresh one with the same arguments for each call of a decorated function.
+    The exception is never swallowed.
+    """
+
+    __slots__ = ()
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _end(self, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _fresh(self) -> Self:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Start."""
+        self._begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Record; never swallows the exception."""
+        self._end(exc)
+
+    async def __aenter__(self) -> Self:
+        """Start."""
+        self._begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Record; never swallows the exception."""
+        self._end(exc)
+
+    def __call__(self, function: _F) -> _F:
+        """Decorate a sync or async function so that every call is tracked on its own."""
+        fresh = self._fresh
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with fresh():
+                    return await function(*args, **kwargs)
+
+            return cast("_F", async_wrapper)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with fresh():
+                return function(*args, **kwargs)
+
+        return cast("_F", wrapper)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, TypeVar, cast
 
 from meshmetrics import _facade, semconv
 from meshmetrics._breaker import add_seconds
@@ -29,8 +25,6 @@ _HEALTH_STATES = semconv.ATTRIBUTES[semconv.ATTR_MESH_HEALTH_STATE].allowed_valu
 # How often, at most, an outlier tracker's ejections and unejections also add
 # the time the instances still ejected have spent ejected so far.
 FLUSH_INTERVAL_S = 1.0
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class LoadBalancerMetrics(_facade.Facade):
@@ -173,7 +167,7 @@ class LoadBalancerMetrics(_facade.Facade):
         self._remove_instance(service, instance)
 
 
-class RequestTracker:
+class RequestTracker(_facade.Tracked):
     """One request to one instance, recorded in one step; see ``LoadBalancerMetrics.track_request``."""
 
     __slots__ = ("_clock", "_error", "_instance", "_metrics", "_service", "_started", "_strategy")
@@ -219,53 +213,8 @@ class RequestTracker:
         if error is not None:
             metrics.record_error(service, instance, error)
 
-    def __enter__(self) -> RequestTracker:
-        """Count the pick and open the connection."""
-        self._begin()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Record the request; never swallows the exception."""
-        self._end(exc)
-
-    async def __aenter__(self) -> RequestTracker:
-        """Count the pick and open the connection."""
-        self._begin()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Record the request; never swallows the exception."""
-        self._end(exc)
-
-    def __call__(self, function: _F) -> _F:
-        """Decorate a sync or async function so that every call is one tracked request."""
-        metrics, service, instance = self._metrics, self._service, self._instance
-        strategy, clock = self._strategy, self._clock
-        if inspect.iscoroutinefunction(function):
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with RequestTracker(metrics, service, instance, strategy, clock):
-                    return await function(*args, **kwargs)
-
-            return cast("_F", async_wrapper)
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with RequestTracker(metrics, service, instance, strategy, clock):
-                return function(*args, **kwargs)
-
-        return cast("_F", wrapper)
+    def _fresh(self) -> RequestTracker:
+        return RequestTracker(self._metrics, self._service, self._instance, self._strategy, self._clock)
 
 
 class OutlierTracker:

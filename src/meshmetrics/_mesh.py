@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, TypeVar, cast
 
 from opentelemetry.metrics import MeterProvider
 
@@ -22,8 +18,6 @@ _REGISTRY_INSTANCES = _M[semconv.METRIC_MESH_REGISTRY_INSTANCES]
 _HEALTH_STATUS = _M[semconv.METRIC_MESH_HEALTH_STATUS]
 _HEALTH_CHECKS = _M[semconv.METRIC_MESH_HEALTH_CHECKS]
 _HEALTH_STATES = semconv.ATTRIBUTES[semconv.ATTR_MESH_HEALTH_STATE].allowed_values
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class ServiceMeshMetrics(_facade.Facade):
@@ -138,7 +132,7 @@ class ServiceMeshMetrics(_facade.Facade):
         self.circuit_breakers.record_rejected(service)
 
 
-class CallTracker:
+class CallTracker(_facade.Tracked):
     """Times one call (or each call of a decorated function); see ``track_call``."""
 
     def __init__(
@@ -163,49 +157,5 @@ class CallTracker:
         else:
             self._metrics.record_call_failure(self._service, self._operation, duration, error)
 
-    def __enter__(self) -> CallTracker:
-        """Start timing."""
-        self._begin()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Record the call; never swallows the exception."""
-        self._end(exc)
-
-    async def __aenter__(self) -> CallTracker:
-        """Start timing."""
-        self._begin()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Record the call; never swallows the exception."""
-        self._end(exc)
-
-    def __call__(self, function: _F) -> _F:
-        """Decorate a sync or async function so that every call is tracked."""
-        metrics, service, operation, clock = self._metrics, self._service, self._operation, self._clock
-        if inspect.iscoroutinefunction(function):
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with CallTracker(metrics, service, operation, clock):
-                    return await function(*args, **kwargs)
-
-            return cast("_F", async_wrapper)
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with CallTracker(metrics, service, operation, clock):
-                return function(*args, **kwargs)
-
-        return cast("_F", wrapper)
+    def _fresh(self) -> CallTracker:
+        return CallTracker(self._metrics, self._service, self._operation, self._clock)

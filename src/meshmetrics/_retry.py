@@ -7,6 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from meshmetrics import _facade, semconv
+from meshmetrics._definitions import OTHER
 
 _M = semconv.METRICS
 _ATTEMPTS = _M[semconv.METRIC_MESH_RETRY_ATTEMPTS]
@@ -48,13 +49,9 @@ class RetryMetrics(_facade.Facade):
         """Count attempt number ``attempt`` (1 = first try) of a call; above 10 becomes ``_OTHER``."""
         label = _ATTEMPT_LABELS.get(attempt) if type(attempt) is int else None  # the common case, no call
         if label is None:
-            runtime = self._runtime()
-            if runtime is None:
+            if self._check(_ATTEMPTS, _facade.attempts, "attempt", attempt) is None:
                 return
-            checked = runtime.policy.count(_ATTEMPTS.name, "attempt", attempt, minimum=1)
-            if checked is None:
-                return
-            label = "_OTHER"  # a valid attempt above the last labelled ordinal
+            label = OTHER  # a valid attempt above the last labelled ordinal
         self._add(_ATTEMPTS, 1, (service, operation, label))
 
     def record_error(self, service: str, operation: str, error: object) -> None:
@@ -71,10 +68,7 @@ class RetryMetrics(_facade.Facade):
         self, service: str, operation: str, *, succeeded: bool, attempts: int, duration: float
     ) -> None:
         """Record a finished logical call: its outcome, attempts per call and total duration."""
-        runtime = self._runtime()
-        if runtime is None:
-            return
-        checked = runtime.policy.count(_CALLS.name, "attempts", attempts, minimum=1)
+        checked = self._check(_CALLS, _facade.attempts, "attempts", attempts)
         if checked is None:
             return
         verdict = _facade.outcome(succeeded)  # a value whose truth raises is rejected, not raised

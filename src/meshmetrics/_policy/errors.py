@@ -6,7 +6,8 @@ import asyncio
 import concurrent.futures
 import socket
 
-OTHER = "_OTHER"
+from meshmetrics._definitions import OTHER
+
 TIMEOUT = "timeout"
 
 _TIMEOUT_TYPES: tuple[type[BaseException], ...] = (

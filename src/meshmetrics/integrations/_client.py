@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypedDict
 
 from meshmetrics import LoadBalancerMetrics, ServiceMeshMetrics, classify_error, template_path
 from meshmetrics._log import RateLimitedLog
@@ -41,6 +42,20 @@ OTHER_METHOD = "other"
 """``mesh.operation`` of a gRPC method outside the registered set, as gRFC A66 names it."""
 
 ServiceName = str | Mapping[str, str] | Callable[[str], str] | None
+
+
+class ClientOptions(TypedDict, total=False):
+    """What every HTTP client integration takes (see :class:`ClientMetrics`)."""
+
+    service: ServiceName
+    strategy: str
+    route: Callable[[str], str] | None
+    failure_status: Callable[[int], bool]
+    lb_metrics: LoadBalancerMetrics | None
+    mesh_metrics: ServiceMeshMetrics | None
+
+
+CLIENT_OPTIONS: tuple[str, ...] = tuple(ClientOptions.__annotations__)
 """How ``mesh.service`` is found from the instance (``host:port``): a fixed name, a
 mapping (``host:port`` first, then ``host``), a function of ``host:port``, or None (the host)."""
 

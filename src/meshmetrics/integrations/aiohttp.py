@@ -20,23 +20,23 @@ aiohttp's exceptions propagate unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
-from meshmetrics import LoadBalancerMetrics, ServiceMeshMetrics
 from meshmetrics.integrations._client import (
-    DEFAULT_STRATEGY,
     Attempt,
     ClientMetrics,
+    ClientOptions,
     Route,
-    ServiceName,
     instance_name,
     routing,
-    server_errors,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # a dependency of opentelemetry-api
 
 __all__ = ["TRACE_KEY", "mesh_trace_config", "routing"]
 
@@ -117,26 +117,9 @@ class _Tracer:
             context.attempt.end(error, connect_failure=isinstance(error, _CONNECT_ERRORS))
 
 
-def mesh_trace_config(
-    *,
-    service: ServiceName = None,
-    strategy: str = DEFAULT_STRATEGY,
-    route: Callable[[str], str] | None = None,
-    failure_status: Callable[[int], bool] = server_errors,
-    lb_metrics: LoadBalancerMetrics | None = None,
-    mesh_metrics: ServiceMeshMetrics | None = None,
-) -> aiohttp.TraceConfig:
+def mesh_trace_config(**options: Unpack[ClientOptions]) -> aiohttp.TraceConfig:
     """An ``aiohttp.TraceConfig`` recording mesh metrics for every request of the session."""
-    tracer = _Tracer(
-        ClientMetrics(
-            service=service,
-            strategy=strategy,
-            route=route,
-            failure_status=failure_status,
-            lb_metrics=lb_metrics,
-            mesh_metrics=mesh_metrics,
-        )
-    )
+    tracer = _Tracer(ClientMetrics(**options))
     factory: Any = _TraceContext  # aiohttp types the factory as returning SimpleNamespace
     config = aiohttp.TraceConfig(trace_config_ctx_factory=factory)
     config.on_request_start.append(tracer.on_request_start)  # type: ignore[arg-type]

@@ -32,22 +32,23 @@ httpx's own exceptions propagate unchanged; meshmetrics never raises into the re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
-from meshmetrics import LoadBalancerMetrics, ServiceMeshMetrics
 from meshmetrics.integrations._client import (
-    DEFAULT_STRATEGY,
     Attempt,
     ClientMetrics,
+    ClientOptions,
     Route,
-    ServiceName,
     instance_name,
     routing,
-    server_errors,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # a dependency of opentelemetry-api
 
 __all__ = ["EXTENSION", "AsyncMeshTransport", "MeshTransport", "routing"]
 
@@ -78,30 +79,26 @@ def _begin(metrics: ClientMetrics, request: httpx.Request) -> Attempt | None:
     return metrics.begin(instance_name(url.host, port), operation, route)
 
 
+def _failed(attempt: Attempt | None, error: BaseException) -> None:
+    if attempt is not None:
+        attempt.end(error, connect_failure=isinstance(error, _CONNECT_ERRORS))
+
+
+def _answered(attempt: Attempt | None, response: httpx.Response) -> httpx.Response:
+    if attempt is not None:
+        attempt.end_http(response.status_code)
+    return response
+
+
 class MeshTransport(httpx.BaseTransport):
     """An ``httpx`` transport recording mesh metrics for every request it sends."""
 
     def __init__(
-        self,
-        transport: httpx.BaseTransport | None = None,
-        *,
-        service: ServiceName = None,
-        strategy: str = DEFAULT_STRATEGY,
-        route: Callable[[str], str] | None = None,
-        failure_status: Callable[[int], bool] = server_errors,
-        lb_metrics: LoadBalancerMetrics | None = None,
-        mesh_metrics: ServiceMeshMetrics | None = None,
+        self, transport: httpx.BaseTransport | None = None, **options: Unpack[ClientOptions]
     ) -> None:
         """Wrap ``transport`` (default ``httpx.HTTPTransport()``); see the module for the options."""
         self.transport = transport or httpx.HTTPTransport()
-        self.metrics = ClientMetrics(
-            service=service,
-            strategy=strategy,
-            route=route,
-            failure_status=failure_status,
-            lb_metrics=lb_metrics,
-            mesh_metrics=mesh_metrics,
-        )
+        self.metrics = ClientMetrics(**options)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the wrapped transport, recording the attempt."""
@@ -109,12 +106,9 @@ class MeshTransport(httpx.BaseTransport):
         try:
             response = self.transport.handle_request(request)
         except BaseException as error:  # an interrupted call ended too: it must leave calls.active
-            if attempt is not None:
-                attempt.end(error, connect_failure=isinstance(error, _CONNECT_ERRORS))
+            _failed(attempt, error)
             raise
-        if attempt is not None:
-            attempt.end_http(response.status_code)
-        return response
+        return _answered(attempt, response)
 
     def close(self) -> None:
         """Close the wrapped transport."""
@@ -139,26 +133,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """An async ``httpx`` transport recording mesh metrics for every request it sends."""
 
     def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        service: ServiceName = None,
-        strategy: str = DEFAULT_STRATEGY,
-        route: Callable[[str], str] | None = None,
-        failure_status: Callable[[int], bool] = server_errors,
-        lb_metrics: LoadBalancerMetrics | None = None,
-        mesh_metrics: ServiceMeshMetrics | None = None,
+        self, transport: httpx.AsyncBaseTransport | None = None, **options: Unpack[ClientOptions]
     ) -> None:
         """Wrap ``transport`` (default ``httpx.AsyncHTTPTransport()``); see the module for the options."""
         self.transport = transport or httpx.AsyncHTTPTransport()
-        self.metrics = ClientMetrics(
-            service=service,
-            strategy=strategy,
-            route=route,
-            failure_status=failure_status,
-            lb_metrics=lb_metrics,
-            mesh_metrics=mesh_metrics,
-        )
+        self.metrics = ClientMetrics(**options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the wrapped transport, recording the attempt."""
@@ -166,12 +145,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         try:
             response = await self.transport.handle_async_request(request)
         except BaseException as error:  # a cancelled call ended too: it must leave calls.active
-            if attempt is not None:
-                attempt.end(error, connect_failure=isinstance(error, _CONNECT_ERRORS))
+            _failed(attempt, error)
             raise
-        if attempt is not None:
-            attempt.end_http(response.status_code)
-        return response
+        return _answered(attempt, response)
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""

@@ -21,24 +21,24 @@ until the response headers arrive. requests' exceptions propagate unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
-from meshmetrics import LoadBalancerMetrics, ServiceMeshMetrics
 from meshmetrics.integrations._client import (
-    DEFAULT_STRATEGY,
+    CLIENT_OPTIONS,
     Attempt,
     ClientMetrics,
-    ServiceName,
+    ClientOptions,
     instance_name,
     routing,
-    server_errors,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # a dependency of opentelemetry-api
 
 __all__ = ["MeshAdapter", "instrument_session", "routing"]
 
@@ -56,30 +56,24 @@ def _connect_failure(error: BaseException) -> bool:
     return False
 
 
+class AdapterOptions(ClientOptions, total=False):
+    """:class:`ClientOptions` and ``HTTPAdapter``'s own."""
+
+    pool_connections: int
+    pool_maxsize: int
+    max_retries: Any
+    pool_block: bool
+
+
 class MeshAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` recording mesh metrics for every request it sends."""
 
-    def __init__(
-        self,
-        *,
-        service: ServiceName = None,
-        strategy: str = DEFAULT_STRATEGY,
-        route: Callable[[str], str] | None = None,
-        failure_status: Callable[[int], bool] = server_errors,
-        lb_metrics: LoadBalancerMetrics | None = None,
-        mesh_metrics: ServiceMeshMetrics | None = None,
-        **adapter_kwargs: Any,
-    ) -> None:
+    def __init__(self, **options: Unpack[AdapterOptions]) -> None:
         """The options of the module, plus ``HTTPAdapter``'s own (``pool_maxsize``, ...)."""
-        super().__init__(**adapter_kwargs)
-        self.metrics = ClientMetrics(
-            service=service,
-            strategy=strategy,
-            route=route,
-            failure_status=failure_status,
-            lb_metrics=lb_metrics,
-            mesh_metrics=mesh_metrics,
-        )
+        given: dict[str, Any] = dict(options)
+        client = {key: given.pop(key) for key in CLIENT_OPTIONS if key in given}
+        super().__init__(**given)
+        self.metrics = ClientMetrics(**client)
 
     def _begin(self, request: requests.PreparedRequest) -> Attempt | None:
         try:
@@ -108,25 +102,11 @@ class MeshAdapter(HTTPAdapter):
 def instrument_session(
     session: requests.Session,
     *,
-    service: ServiceName = None,
-    strategy: str = DEFAULT_STRATEGY,
-    route: Callable[[str], str] | None = None,
-    failure_status: Callable[[int], bool] = server_errors,
-    lb_metrics: LoadBalancerMetrics | None = None,
-    mesh_metrics: ServiceMeshMetrics | None = None,
     prefixes: tuple[str, ...] = ("http://", "https://"),
-    **adapter_kwargs: Any,
+    **options: Unpack[AdapterOptions],
 ) -> requests.Session:
     """Mount one :class:`MeshAdapter` on ``session`` for ``prefixes`` and return the session."""
-    adapter = MeshAdapter(
-        service=service,
-        strategy=strategy,
-        route=route,
-        failure_status=failure_status,
-        lb_metrics=lb_metrics,
-        mesh_metrics=mesh_metrics,
-        **adapter_kwargs,
-    )
+    adapter = MeshAdapter(**options)
     for prefix in prefixes:
         session.mount(prefix, adapter)
     return session
