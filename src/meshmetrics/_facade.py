@@ -133,8 +133,8 @@ class Facade:
         try:
             table = runtime.tables[metric.name]
             try:  # Table.series_of, inlined: counters are the hottest calls
-                series = table.cache.get(values) or table.find(values)
-            except Exception:  # unhashable or hostile: the policy says why
+                series = table.cache[values]
+            except Exception:  # not cached yet, unhashable or hostile: the policy's way
                 series = table.find(values)
             if series is not None:
                 series.add(amount)

@@ -137,7 +137,10 @@ class Series:
         except AttributeError:
             slot = _new_slot()
         cells = self.cells
-        cells[slot] = cells.get(slot, 0) + amount
+        try:
+            cells[slot] += amount
+        except KeyError:  # this thread's first measurement of the series
+            cells[slot] = amount
         sampling = self.sampling
         if sampling:  # no span in this thread or task: one identity test, under trace_based
             context = _context()
