@@ -51,6 +51,7 @@ bench: install  ## benchmarks (not part of `make test`); results in benchmarks/r
 	$(PY) benchmarks/bench_cardinality.py
 	$(PY) benchmarks/bench_outage.py
 	$(PY) benchmarks/bench_multiprocess.py
+	$(PY) benchmarks/bench_exemplars.py --output benchmarks/results/exemplars.md
 	$(PY) benchmarks/bench_client_integrations.py --output benchmarks/results/client_integrations.md
 
 clean:
