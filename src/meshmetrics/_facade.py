@@ -33,6 +33,8 @@ from meshmetrics.semconv import METRICS
 if TYPE_CHECKING:
     from typing_extensions import Self  # a dependency of opentelemetry-api
 
+    from meshmetrics._engine.series import Series
+
 # Every metric with a per-instance series: what ends when an instance goes away.
 INSTANCE_METRICS = tuple(name for name, d in METRICS.items() if ATTR_INSTANCE in d.attribute_keys)
 
@@ -132,6 +134,7 @@ class Facade:
             return
         try:
             table = runtime.tables[metric.name]
+            series: Series | None
             try:  # Table.series_of, inlined: counters are the hottest calls
                 series = table.cache[values]
             except Exception:  # not cached yet, unhashable or hostile: the policy's way
