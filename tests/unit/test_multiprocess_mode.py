@@ -97,3 +97,37 @@ def test_a_mounted_app_serves_the_merged_view(tmp_path):
         assert requests_of(parse_samples(body.decode())) == 1
     finally:
         handle.shutdown()
+
+
+def test_exemplars_reach_the_merged_view_and_stay_until_newer_ones(tmp_path):
+    from urllib.request import Request
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+
+    tracer = TracerProvider().get_tracer("test")
+    handle = meshmetrics.configure(
+        multiprocess_dir=str(tmp_path),
+        prometheus_port=0,
+        prometheus_host="127.0.0.1",
+        set_global=False,
+        environ={},
+    )
+    openmetrics = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    try:
+        with tracer.start_as_current_span("slow call") as span:
+            LoadBalancerMetrics().observe_request_duration("api", "a", 3.0)
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        for _ in range(3):  # several publishes and scrapes later, the exemplar is still shown
+            handle._publisher.publish()
+            with urlopen(Request(handle.prometheus_url or "", headers=openmetrics), timeout=10) as response:
+                text = response.read().decode()
+            found = {
+                s.exemplar.labels["trace_id"]
+                for f in parse(text)
+                for s in f.samples
+                if s.exemplar is not None
+            }
+            assert found == {trace_id}
+    finally:
+        handle.shutdown()

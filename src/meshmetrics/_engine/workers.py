@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -73,9 +74,20 @@ def _gone(pid: int) -> bool:
 
 # Snapshots: MetricsData <-> JSON.
 def snapshot(
-    data: MetricsData | None, *, pid: int, start: str, removals: Iterable[Any] = ()
+    data: MetricsData | None,
+    *,
+    pid: int,
+    start: str,
+    removals: Iterable[Any] = (),
+    kept: dict[tuple[str, str], list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """A worker's cumulative state as a JSON-able document."""
+    """A worker's cumulative state as a JSON-able document.
+
+    A reader gets the exemplars recorded since its previous collection; with
+    ``kept`` (this worker's memory across publishes) a series keeps showing
+    its latest ones until newer ones replace them, as a scrape every 15 s
+    of a file published every second needs.
+    """
     metrics: list[dict[str, Any]] = []
     for resource_metrics in data.resource_metrics if data else ():
         for scope_metrics in resource_metrics.scope_metrics:
@@ -83,6 +95,8 @@ def snapshot(
             for metric in scope_metrics.metrics:
                 encoded = _encode_metric(metric, scope)
                 if encoded is not None:
+                    if kept is not None:
+                        _keep_exemplars(encoded, kept)
                     metrics.append(encoded)
     return {
         "format": FORMAT,
@@ -92,6 +106,27 @@ def snapshot(
         "metrics": metrics,
         "removals": list(removals),
     }
+
+
+def _keep_exemplars(metric: dict[str, Any], kept: dict[tuple[str, str], list[Any]]) -> None:
+    exemplars = metric.setdefault("exemplars", {})
+    for point in metric["points"]:
+        key = (metric["name"], point[0])
+        if point[0] in exemplars:
+            kept[key] = exemplars[point[0]]
+        elif key in kept:
+            exemplars[point[0]] = kept[key]
+
+
+def _exemplars_of(points: Iterable[Any]) -> dict[str, list[list[Any]]]:
+    """The exemplars of each point (by attribute key): value, time, span id, trace id."""
+    found: dict[str, list[list[Any]]] = {}
+    for point in points:
+        if point.exemplars:
+            found[_attribute_key(point.attributes or {})] = [
+                [e.value, e.time_unix_nano, e.span_id, e.trace_id] for e in point.exemplars
+            ]
+    return found
 
 
 def _attribute_key(attributes: Mapping[str, Any]) -> str:
@@ -118,7 +153,8 @@ def _encode_metric(metric: Metric, scope: list[str]) -> dict[str, Any] | None:
             for p in data.data_points
         ]
         bounds = list(data.data_points[0].explicit_bounds) if data.data_points else []
-        return {**base, "kind": "histogram", "bounds": bounds, "points": points}
+        exemplars = _exemplars_of(data.data_points)
+        return {**base, "kind": "histogram", "bounds": bounds, "points": points, "exemplars": exemplars}
     if isinstance(data, Sum) and data.aggregation_temporality is _CUMULATIVE:
         kind = "counter" if data.is_monotonic else "updowncounter"
     elif isinstance(data, Gauge):
@@ -129,7 +165,7 @@ def _encode_metric(metric: Metric, scope: list[str]) -> dict[str, Any] | None:
         [_attribute_key(p.attributes or {}), dict(p.attributes or {}), p.start_time_unix_nano, p.value]
         for p in data.data_points
     ]
-    return {**base, "kind": kind, "points": points}
+    return {**base, "kind": kind, "points": points, "exemplars": _exemplars_of(data.data_points)}
 
 
 def write_atomically(path: Path, document: Mapping[str, Any]) -> None:
@@ -157,6 +193,7 @@ class _Merged:
     shapes: dict[_Shape, dict[str, Any]] = field(default_factory=dict)
     points: dict[_Shape, dict[str, list[Any]]] = field(default_factory=dict)
     stamps: dict[tuple[_Shape, str], float] = field(default_factory=dict)  # "last" gauges: when set
+    exemplars: dict[tuple[_Shape, str], list[list[Any]]] = field(default_factory=dict)  # live workers'
 
 
 @dataclass
@@ -183,7 +220,10 @@ def _fold(merged: _Merged, document: Mapping[str, Any], rules: Mapping[str, str]
             continue  # an exited worker holds no connections and has no current state
         shape = _shape(metric)
         if shape not in merged.shapes:
-            merged.shapes[shape] = {k: v for k, v in metric.items() if k != "points"}
+            merged.shapes[shape] = {k: v for k, v in metric.items() if k not in ("points", "exemplars")}
+        if live:
+            for key, exemplars in (metric.get("exemplars") or {}).items():
+                merged.exemplars.setdefault((shape, key), []).extend(exemplars)
         into = merged.points.setdefault(shape, {})
         rule = rules.get(metric["name"], "last") if kind == "gauge" else "sum"
         if rule == "worker":
@@ -257,7 +297,13 @@ def _extreme(pick: Callable[[float, float], float], a: float | None, b: float | 
 
 def _to_document(merged: _Merged) -> dict[str, Any]:
     metrics = [
-        {**merged.shapes[shape], "points": list(points.values())}
+        {
+            **merged.shapes[shape],
+            "points": list(points.values()),
+            "exemplars": {
+                key: merged.exemplars[(shape, key)] for key in points if (shape, key) in merged.exemplars
+            },
+        }
         for shape, points in merged.points.items()
         if points
     ]
@@ -381,6 +427,11 @@ def to_metrics_data(document: Mapping[str, Any], resource: Resource) -> MetricsD
     scopes: dict[tuple[str, str], list[Metric]] = {}
     for metric in document["metrics"]:
         kind, points = metric["kind"], metric["points"]
+        exemplars = metric.get("exemplars") or {}
+
+        def of(point: list[Any], exemplars: Mapping[str, Any] = exemplars) -> list[Exemplar]:
+            return [Exemplar({}, e[0], e[1], e[2], e[3]) for e in exemplars.get(point[0], ())]
+
         if kind == "histogram":
             data: Any = Histogram(
                 [
@@ -394,16 +445,17 @@ def to_metrics_data(document: Mapping[str, Any], resource: Resource) -> MetricsD
                         explicit_bounds=metric["bounds"],
                         min=p[6],
                         max=p[7],
+                        exemplars=of(p),
                     )
                     for p in points
                 ],
                 _CUMULATIVE,
             )
         elif kind == "gauge":
-            data = Gauge([NumberDataPoint(p[1], p[2], now, p[3]) for p in points])
+            data = Gauge([NumberDataPoint(p[1], p[2], now, p[3], of(p)) for p in points])
         else:
             data = Sum(
-                [NumberDataPoint(p[1], p[2], now, p[3]) for p in points],
+                [NumberDataPoint(p[1], p[2], now, p[3], of(p)) for p in points],
                 _CUMULATIVE,
                 is_monotonic=kind == "counter",
             )

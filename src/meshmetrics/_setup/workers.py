@@ -62,6 +62,7 @@ class Publisher:
         self._removals = removals
         self._on_skipped = on_skipped
         self._skipped_seen: set[str] = set()
+        self._exemplars: dict[tuple[str, str], list[Any]] = {}  # the latest per series, across publishes
         self.pid = os.getpid()
         self.start = workers.process_start(self.pid) or ""
         self.path = workers.worker_file(directory, self.pid, self.start)
@@ -75,7 +76,11 @@ class Publisher:
         """Write this process's cumulative state now (atomically)."""
         with self._lock:
             document = workers.snapshot(
-                self.reader.pull(), pid=self.pid, start=self.start, removals=self._removals()
+                self.reader.pull(),
+                pid=self.pid,
+                start=self.start,
+                removals=self._removals(),
+                kept=self._exemplars,
             )
             workers.write_atomically(self.path, document)
 
