@@ -1,8 +1,10 @@
 """A simulated service mesh that exercises every meshmetrics instrument (``make demo``).
 
 Three upstream services with three instances each, behind client-side load
-balancers using three strategies. Faults are injected: one slow instance, one
-flaky instance, and one that goes down and comes back every minute. Calls are
+balancers using three strategies. Faults are injected: two slow instances (one
+behind round-robin, which keeps sending it a third of the requests; one behind
+power of two choices, which learns its latency and sends it few), one flaky
+instance, and one that goes down and comes back every minute. Calls are
 retried with exponential backoff behind a circuit breaker per upstream; outlier
 detection ejects an instance after consecutive failures (the flaky one, the
 one that is down) and lets it back after a while; a retry budget caps retries
@@ -13,11 +15,12 @@ simulated (no real sleeping), traffic is paced in real time.
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -33,6 +36,10 @@ BREAKER_MIN_CALLS = 10
 BREAKER_THRESHOLD = 0.5
 BREAKER_TRIALS = 3
 SUMMARY_EVERY_S = 5.0
+# An instance's typical latency is drawn from this range; a slow one takes
+# SLOW_FACTOR times its top.
+BASE_LATENCY_S = (0.01, 0.04)
+SLOW_FACTOR = 6.0
 DEFAULT_CYCLE_S = 60.0
 # Fault windows, as fractions of the cycle: payments-3 is down for the middle
 # third; orders has an incident that trips its breaker near the end.
@@ -46,6 +53,13 @@ INCIDENT_FAILURE_RATE = 0.8
 # for a twentieth of the cycle (3 s of 60 s), at most one instance per service.
 EJECT_AFTER_FAILURES = 3
 EJECTION_FRACTION = 1 / 20
+# The latency-aware balancer's estimate, a peak EWMA as Linkerd's: a response
+# slower than the estimate replaces it, a faster one is blended in with this
+# weight, and the estimate decays while the instance is not picked (over a sixth
+# of the cycle, 10 s of 60 s, Linkerd's default), so a slow instance is still
+# probed now and then.
+EWMA_WEIGHT = 0.2
+LATENCY_DECAY_FRACTION = 1 / 6
 FLUSH_EVERY_S = 1.0
 # A Linkerd-style retry budget per service: retries may add 20% to the requests
 # of the last sixth of the cycle (10 s of 60 s), plus a small floor.
@@ -79,6 +93,7 @@ class Instance:
     active: int = 0
     requests: int = 0
     ewma_latency: float = 0.0
+    estimated_at: float = 0.0
     consecutive_failures: int = 0
     ejected_until: float | None = None
 
@@ -180,10 +195,16 @@ class Mesh:
         self.mesh = ServiceMeshMetrics()
         self.retry = RetryMetrics()
         self.started = clock()
+        self.latency_decay_s = cycle_s * LATENCY_DECAY_FRACTION
+        # Every ejection the demo made, by (service, instance, reason): its own
+        # count, to check mesh.lb.ejections against.
+        self.ejections: Counter[tuple[str, str, str]] = Counter()
         self.services = [
             self._service("users", "round_robin", ("get_user", "list_users"), slow="users-2"),
             self._service("orders", "least_connections", ("create_order", "get_order"), flaky="orders-1"),
-            self._service("payments", "power_of_two_choices", ("charge",), flapping="payments-3"),
+            self._service(
+                "payments", "power_of_two_choices", ("charge",), slow="payments-2", flapping="payments-3"
+            ),
         ]
         self._reset_stats()
         for service in self.services:
@@ -205,9 +226,9 @@ class Mesh:
     ) -> Service:
         instances = []
         for index in range(1, 4):
-            instance = Instance(f"{name}-{index}", base_latency=self.random.uniform(0.01, 0.04))
+            instance = Instance(f"{name}-{index}", base_latency=self.random.uniform(*BASE_LATENCY_S))
             if instance.name == slow:
-                instance.slow_factor = 8.0
+                instance.base_latency, instance.slow_factor = BASE_LATENCY_S[1], SLOW_FACTOR
             if instance.name == flaky:
                 instance.failure_rate = 0.35
             if instance.name == flapping:
@@ -237,7 +258,23 @@ class Mesh:
         if service.strategy == "least_connections":
             return min(candidates, key=lambda i: (i.active + self.random.random(), i.name))
         first, second = self.random.sample(candidates, 2) if len(candidates) > 1 else candidates * 2
-        return first if first.ewma_latency <= second.ewma_latency else second
+        now = self.clock()
+        return first if self._latency_estimate(first, now) <= self._latency_estimate(second, now) else second
+
+    def _latency_estimate(self, instance: Instance, now: float) -> float:
+        """The balancer's latency estimate for ``instance``, decayed since its last response."""
+        return instance.ewma_latency * math.exp((instance.estimated_at - now) / self.latency_decay_s)
+
+    def _learn_latency(self, service: Service, instance: Instance, latency: float) -> None:
+        """Fold a response's latency into the instance's peak EWMA and export it."""
+        now = self.clock()
+        estimate = self._latency_estimate(instance, now)
+        if latency > estimate:
+            instance.ewma_latency = latency
+        else:
+            instance.ewma_latency = (1 - EWMA_WEIGHT) * estimate + EWMA_WEIGHT * latency
+        instance.estimated_at = now
+        self.lb.set_latency_estimate(service.name, instance.name, instance.ewma_latency)
 
     def _attempt(self, service: Service, instance: Instance) -> float:
         """One request to an instance; returns its simulated latency or raises."""
@@ -264,9 +301,10 @@ class Mesh:
             raise
         finally:
             instance.active -= 1
-            instance.ewma_latency = 0.8 * instance.ewma_latency + 0.2 * latency
-            self.lb.set_latency_estimate(service.name, instance.name, instance.ewma_latency)
         instance.consecutive_failures = 0
+        # Only responses teach the balancer latency: a fast refusal from an
+        # instance that is down must not make it look like the fastest.
+        self._learn_latency(service, instance, latency)
         skewed = self.random.random() < CLOCK_SKEW_SHARE
         self.lb.observe_request_duration(service.name, instance.name, -latency if skewed else latency)
         return latency
@@ -284,6 +322,7 @@ class Mesh:
             instance.ejected_until = self.clock() + self.cycle_s * EJECTION_FRACTION
             instance.consecutive_failures = 0
             service.ejections.append(instance.name)
+            self.ejections[service.name, instance.name, reason] += 1
 
     def call(self, service: Service) -> None:
         """One logical call: breaker, retries with backoff, LB picks, outcome."""

@@ -326,6 +326,7 @@ def configure(
     attribute_policies: Mapping[str, AttributePolicy] | None = None,
     normalizers: Mapping[str, Callable[[str], str]] | None = None,
     multiprocess_dir: str | None = None,
+    multiprocess_push: Literal["worker", "merged"] | None = None,
     multiprocess_interval: float | None = None,
     readers: Sequence[MetricReader] = (),
     views: Sequence[View] = (),
@@ -485,15 +486,21 @@ def _build(
 
     readers: list[MetricReader] = list(extra_readers)
     publishing, registry, endpoint_reader = _pull_readers(settings, readers)
-    push_reader = tracker = None
+    push_reader: PeriodicExportingMetricReader | None = None
+    tracker = None
     if settings.otlp_endpoint:
         _otlp.quiet_exporter_logs()
         tracker = _otlp.TrackingExporter(_otlp.build_exporter(settings))
-        push_reader = PeriodicExportingMetricReader(
-            tracker,
-            export_interval_millis=settings.export_interval_s * 1000,
-            export_timeout_millis=settings.export_timeout_s * 1000,
-        )
+        if settings.multiprocess_dir and settings.multiprocess_push == "merged":
+            push_reader = _workers.MergedPushReader(
+                tracker, interval_s=settings.export_interval_s, timeout_s=settings.export_timeout_s
+            )
+        else:
+            push_reader = PeriodicExportingMetricReader(
+                tracker,
+                export_interval_millis=settings.export_interval_s * 1000,
+                export_timeout_millis=settings.export_timeout_s * 1000,
+            )
         readers.append(push_reader)
 
     provider = MeterProvider(
@@ -522,6 +529,8 @@ def _build(
         )
         if registry is not None:
             registry.register(TranslatingCollector(publisher.merged))
+        if isinstance(push_reader, _workers.MergedPushReader):
+            push_reader.publisher = publisher
     endpoint = None
     if registry is not None and settings.prometheus_server:
         try:
@@ -726,7 +735,9 @@ def _after_fork_in_child() -> None:
     if parent._prometheus is not None:  # noqa: SLF001
         parent._prometheus.close_inherited()  # noqa: SLF001 - free the parent's port in this process
         parent._prometheus = None  # noqa: SLF001
-    parent._publisher = None  # noqa: SLF001 - the parent's file is the parent's: never written from here
+    if parent._publisher is not None:  # noqa: SLF001
+        parent._publisher.forget_inherited()  # noqa: SLF001 - the parent's file and lead stay the parent's
+    parent._publisher = None  # noqa: SLF001
     _fork.pending = parent
     with contextlib.suppress(RuntimeError):  # no thread (interpreter exiting): first use rebuilds
         _in_background("meshmetrics-after-fork", ensure_child_runtime)

@@ -136,6 +136,7 @@ class Settings:
     series_ttl_s: float = 0.0
     exemplar_filter: str = "trace_based"
     multiprocess_dir: str | None = None
+    multiprocess_push: str = "worker"
     multiprocess_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     attribute_policies: Mapping[str, Any] = field(default_factory=dict)
     normalizers: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
@@ -658,6 +659,15 @@ OPTIONS: tuple[Option, ...] = (
         check=_text,
     ),
     _o(
+        "multiprocess_push",
+        "workers",
+        "`worker`",
+        "OTLP in multiprocess mode: `worker` (each worker pushes its own, with its own "
+        "`service.instance.id`) or `merged` (one process at a time pushes every worker merged)",
+        "MESHMETRICS_MULTIPROCESS_PUSH",
+        check=_choice("worker", "merged"),
+    ),
+    _o(
         "multiprocess_interval",
         "workers",
         "1 s",
@@ -847,6 +857,7 @@ def resolve(*, environ: Mapping[str, str] | None = None, **arguments: Any) -> Se
         series_ttl_s=got.get("series_ttl", 0.0),
         exemplar_filter=got.get("exemplar_filter", "trace_based"),
         multiprocess_dir=got.get("multiprocess_dir"),
+        multiprocess_push=got.get("multiprocess_push", "worker"),
         multiprocess_interval_s=got.get("multiprocess_interval", DEFAULT_PUBLISH_INTERVAL_S),
         attribute_policies=policies,
         normalizers=normalizers,

@@ -9,13 +9,15 @@ so when the serving process dies another one takes the endpoint over.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricsData
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from meshmetrics import semconv
@@ -24,7 +26,7 @@ from meshmetrics._log import RateLimitedLog, logger
 from meshmetrics._serve.reader import CumulativeReader
 
 DEFAULT_PUBLISH_INTERVAL_S = 1.0
-_CUMULATIVE = AggregationTemporality.CUMULATIVE
+PUSH_LOCK = "push.lock"
 
 
 def merge_rules() -> dict[str, str]:
@@ -71,6 +73,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog()
         self.on_tick: Callable[[], None] = lambda: None
+        self._push_lock: int | None = None  # the descriptor holding the directory's push lock, when leading
 
     def publish(self) -> None:
         """Write this process's cumulative state now (atomically)."""
@@ -104,6 +107,32 @@ class Publisher:
                 )
         return workers.to_metrics_data(document, self.resource)
 
+    def leads_push(self) -> bool:
+        """True if this process pushes the merged view (one process of the directory at a time).
+
+        The lead goes to whoever holds the directory's push lock; the system
+        releases it when that process exits, however it exits, and the next
+        process to ask takes it.
+        """
+        if self._push_lock is not None:
+            return True
+        descriptor = os.open(self.directory / PUSH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            return False
+        self._push_lock = descriptor
+        return True
+
+    def forget_inherited(self) -> None:
+        """In a forked child: drop the parent's descriptors without releasing the parent's lock."""
+        self._stop.set()
+        if self._push_lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._push_lock)  # the lock lives on in the parent's copy
+            self._push_lock = None
+
     def start_thread(self) -> None:
         """Publish every ``interval_s`` seconds in a daemon thread (and run ``on_tick`` after each)."""
         if self._thread is not None:
@@ -132,3 +161,34 @@ class Publisher:
                 self.publish()
             except Exception as error:  # exiting: say it, do not raise
                 logger.warning("meshmetrics_multiprocess_final_publish_failed", error=repr(error))
+        if self._push_lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._push_lock)  # the lead goes to the next process that asks
+            self._push_lock = None
+
+
+class MergedPushReader(PeriodicExportingMetricReader):
+    """OTLP push of every worker merged, by the one process that leads (``multiprocess_push="merged"``).
+
+    Each process has one; at each interval the leader exports the merged
+    view (cumulative) instead of its own state, and the others export
+    nothing. Set :attr:`publisher` once the publisher exists.
+    """
+
+    def __init__(self, exporter: MetricExporter, *, interval_s: float, timeout_s: float) -> None:
+        """Push through ``exporter`` every ``interval_s`` seconds."""
+        super().__init__(
+            exporter, export_interval_millis=interval_s * 1000, export_timeout_millis=timeout_s * 1000
+        )
+        self.publisher: Publisher | None = None
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        del metrics_data  # this process's own state: the merge replaces it
+        publisher = self.publisher
+        if publisher is None or not publisher.leads_push():
+            return  # another process pushes the merged view
+        merged = publisher.merged()
+        if merged is not None:
+            super()._receive_metrics(merged, timeout_millis, **kwargs)
