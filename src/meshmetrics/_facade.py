@@ -165,7 +165,12 @@ class Facade:
                 if validated is None:
                     return
                 checked = validated
-            series = runtime.tables[metric.name].series_of(values)
+            table = runtime.tables[metric.name]
+            series: Series | None
+            try:  # Table.series_of, inlined as in _add
+                series = table.cache[values]
+            except Exception:  # not cached yet, unhashable or hostile: the policy's way
+                series = table.find(values)
             if series is None:
                 return
             if metric.instrument == "histogram":
