@@ -35,7 +35,7 @@ from meshmetrics._engine import runtime as _runtime
 from meshmetrics._setup import settings as _config
 from meshmetrics._setup.provider import conventions_views
 
-__all__ = ["CapturedMetrics", "HistogramValue", "capture"]
+__all__ = ["CapturedExemplar", "CapturedMetrics", "HistogramValue", "capture"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,16 @@ class HistogramValue:
         """Count per bucket, keyed by upper bound (``inf`` for the last)."""
         bounds = (*self.explicit_bounds, float("inf"))
         return dict(zip(bounds, self.bucket_counts, strict=True))
+
+
+@dataclass(frozen=True)
+class CapturedExemplar:
+    """An exemplar read back: the value, and the span it was measured in (hex ids; None outside spans)."""
+
+    value: float
+    trace_id: str | None
+    span_id: str | None
+    time_unix_nano: int
 
 
 class CapturedMetrics:
@@ -114,6 +124,24 @@ class CapturedMetrics:
             bucket_counts=tuple(buckets),
             explicit_bounds=bounds,
         )
+
+    def exemplars(self, metric: str, /, **attributes: object) -> list[CapturedExemplar]:
+        """The exemplars of matching series recorded since the previous read (newest last).
+
+        With the default ``trace_based`` filter only measurements made inside a
+        sampled span have one.
+        """
+        found = [
+            CapturedExemplar(
+                value=exemplar.value,
+                trace_id=f"{exemplar.trace_id:032x}" if exemplar.trace_id else None,
+                span_id=f"{exemplar.span_id:016x}" if exemplar.span_id else None,
+                time_unix_nano=exemplar.time_unix_nano,
+            )
+            for _, point in self._matching(metric, attributes)
+            for exemplar in point.exemplars
+        ]
+        return sorted(found, key=lambda exemplar: exemplar.time_unix_nano)
 
     def series(self, metric: str, /, **attributes: object) -> list[dict[str, Any]]:
         """The attribute sets of every matching series of ``metric``."""

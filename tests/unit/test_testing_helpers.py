@@ -47,3 +47,17 @@ def test_capture_is_strict_so_bad_values_fail_the_test():
 def test_unknown_attribute_names_are_reported():
     with capture() as captured, pytest.raises(LookupError, match="no single attribute named 'colour'"):
         captured.value("mesh.lb.requests", colour="red")
+
+
+def test_a_captured_point_lists_its_exemplars():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    with capture() as captured:
+        LoadBalancerMetrics().observe_request_duration("api", "a", 0.2)  # outside a span: none
+        with tracer.start_as_current_span("call") as span:
+            LoadBalancerMetrics().observe_request_duration("api", "a", 3.0)
+        [exemplar] = captured.exemplars("mesh.lb.request.duration", instance="a")
+    assert exemplar.value == 3.0
+    assert exemplar.trace_id == f"{span.get_span_context().trace_id:032x}"
+    assert exemplar.span_id == f"{span.get_span_context().span_id:016x}"
