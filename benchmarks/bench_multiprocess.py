@@ -89,6 +89,37 @@ def scrape_ms(registry: CollectorRegistry, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def after_lifetimes(directory: Path, lifetimes: int, repeats: int) -> tuple[float, float, int]:
+    """Merge time with 4 live workers, fresh and after ``lifetimes`` worker lifetimes; files left."""
+    reader = InMemoryMetricReader()
+    with meshmetrics.configure(readers=[reader], prometheus=False, set_global=False, environ={}):
+        LoadBalancerMetrics().record_request("api", "i", "round_robin")
+        template = workers.snapshot(reader.get_metrics_data(), pid=0, start="1")
+    rules = merge_rules()
+    live: set[int] = set()
+
+    def merge_ms() -> float:
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            workers.merge(directory, rules, alive=lambda pid, _start: pid in live)
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    for pid in range(1, 5):
+        live.add(pid)
+        workers.write_atomically(directory / f"w-{pid}-1-x.json", {**template, "pid": pid})
+    fresh = merge_ms()
+    for pid in range(5, 5 + lifetimes):
+        live.add(pid)
+        live.discard(pid - 4)  # the oldest worker recycles
+        workers.write_atomically(directory / f"w-{pid}-1-x.json", {**template, "pid": pid})
+        if pid % 50 == 0:
+            workers.merge(directory, rules, alive=lambda p, _start: p in live)
+    after = merge_ms()
+    return fresh, after, len(list(directory.glob("*.json")))
+
+
 def hot_path(calls: int, repeats: int, directory: Path) -> dict[str, float]:
     """record_request with the mode off and on (same process, same run)."""
     lb = LoadBalancerMetrics()
@@ -122,6 +153,8 @@ def main() -> None:
         ours_ms = scrape_ms(ours(Path(a), processes, series), repeats)
         theirs_ms = scrape_ms(theirs(Path(b), processes, series), repeats)
         recording = hot_path(2_000 if args.quick else 50_000, repeats, Path(c))
+    with tempfile.TemporaryDirectory() as d:
+        fresh_ms, after_ms, files = after_lifetimes(Path(d), 100 if args.quick else 1000, repeats)
     lines = [
         "# Multiprocess mode: merged scrape and hot path",
         "",
@@ -131,6 +164,11 @@ def main() -> None:
         "|---|---:|---:|",
         f"| meshmetrics (merge + exposition) | {ours_ms:.1f} | {ours_ms / theirs_ms:.2f}x |",
         f"| prometheus_client MultiProcessCollector | {theirs_ms:.1f} | 1.00x |",
+        "",
+        "| merge with 4 live workers | ms | files in the directory |",
+        "|---|---:|---:|",
+        f"| fresh | {fresh_ms:.2f} | 4 |",
+        f"| after {100 if args.quick else 1000} worker lifetimes | {after_ms:.2f} | {files} |",
         "",
         "| call | ns/op |",
         "|---|---:|",
