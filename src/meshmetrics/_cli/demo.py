@@ -53,11 +53,11 @@ INCIDENT_FAILURE_RATE = 0.8
 # for a twentieth of the cycle (3 s of 60 s), at most one instance per service.
 EJECT_AFTER_FAILURES = 3
 EJECTION_FRACTION = 1 / 20
-# The latency-aware balancer's estimate, a peak EWMA as Linkerd's: a response
-# slower than the estimate replaces it, a faster one is blended in with this
-# weight, and the estimate decays while the instance is not picked (over a sixth
-# of the cycle, 10 s of 60 s, Linkerd's default), so a slow instance is still
-# probed now and then.
+# The latency-aware balancer's estimate, a peak EWMA like Linkerd's (tower's
+# peak_ewma): a response slower than the estimate replaces it, a faster one is
+# blended in with this weight, and the estimate decays while the instance is not
+# picked (over a sixth of the cycle, 10 s of 60 s), so that a slow instance is
+# still probed now and then instead of being written off for good.
 EWMA_WEIGHT = 0.2
 LATENCY_DECAY_FRACTION = 1 / 6
 FLUSH_EVERY_S = 1.0
