@@ -118,6 +118,7 @@ def prometheus_server(
     extra_job: str = "",
     rule_files: tuple[str, ...] = (),
     config_text: str | None = None,
+    flags: tuple[str, ...] = (),
 ) -> Iterator[PrometheusServer]:
     """Start /usr/bin/prometheus scraping ``scrape_targets`` (host:port) with a temp config and TSDB."""
     binary = require(prometheus_binary(), "prometheus")
@@ -144,6 +145,7 @@ def prometheus_server(
                 f"--storage.tsdb.path={Path(workdir) / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
+                *flags,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -13,14 +13,11 @@ import dataclasses
 import json
 import math
 import random
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlencode
 from urllib.request import urlopen
 
@@ -48,14 +45,7 @@ from prometheus_client import CollectorRegistry
 from meshmetrics._serve.exposition import EndpointAuth, respond
 from meshmetrics._serve.protobuf import CONTENT_TYPE
 from meshmetrics._serve.translate import TranslatingCollector
-from tests.e2e.servers import (
-    PrometheusServer,
-    free_port,
-    prometheus_binary,
-    require,
-    wait_for_port,
-    wait_until_ready,
-)
+from tests.e2e.servers import PrometheusServer, prometheus_server
 
 pytestmark = pytest.mark.e2e
 
@@ -170,41 +160,17 @@ def serving(data: MetricsData) -> Iterator[tuple[int, dict[str, set[str]]]]:
 
 @contextmanager
 def prometheus_with_native_histograms(target: str) -> Iterator[PrometheusServer]:
-    """Prometheus with ``--enable-feature=native-histograms,exemplar-storage`` (servers.py passes no flags)."""
-    binary = require(prometheus_binary(), "prometheus")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="meshmetrics-native-") as workdir:
-        config = Path(workdir) / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s}\n"
-            "scrape_configs:\n"
-            f"  - {{job_name: native, static_configs: [{{targets: ['{target}']}}]}}\n"
-            f"  - {{job_name: text, params: {{native: ['off']}}, static_configs: [{{targets: ['{target}']}}]}}\n"
-        )
-        with (Path(workdir) / "prometheus.log").open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={Path(workdir) / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--enable-feature=native-histograms,exemplar-storage",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                wait_for_port(port)
-                wait_until_ready(f"http://127.0.0.1:{port}/-/ready")
-                yield PrometheusServer(port, process)
-            finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    """Prometheus with ``--enable-feature=native-histograms,exemplar-storage``; jobs ``native`` and ``text``."""
+    config = (
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - {{job_name: native, static_configs: [{{targets: ['{target}']}}]}}\n"
+        f"  - {{job_name: text, params: {{native: ['off']}}, static_configs: [{{targets: ['{target}']}}]}}\n"
+    )
+    with prometheus_server(
+        [target], config_text=config, flags=("--enable-feature=native-histograms,exemplar-storage",)
+    ) as prometheus:
+        yield prometheus
 
 
 def query_exemplars(prometheus: PrometheusServer, expression: str) -> set[str]:
