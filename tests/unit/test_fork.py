@@ -27,8 +27,6 @@ from tests.conftest import parse_samples
 CHILD_DEADLINE_S = 2.0
 LB = {"mesh_lb_strategy": "random"}
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
 
 def _scrape_wsgi(handle: meshmetrics.MetricsHandle) -> str:
     status: list[str] = []
