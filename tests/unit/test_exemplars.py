@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import structlog
 from opentelemetry import context, trace
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics._internal.exemplar import (
@@ -25,12 +24,13 @@ import meshmetrics
 from meshmetrics import LoadBalancerMetrics, semconv
 from meshmetrics._engine import exemplars
 from meshmetrics._engine.series import Series
+from meshmetrics._setup.settings import resolve
 
 DELTA = AggregationTemporality.DELTA
 REQUESTS = "mesh.lb.requests"
 DURATION = "mesh.lb.request.duration"
 BOUNDS = semconv.METRICS[DURATION].buckets
-FILTER = exemplars.ENVIRONMENT_VARIABLE
+FILTER = "OTEL_METRICS_EXEMPLAR_FILTER"
 
 sampled_tracer = TracerProvider(sampler=ALWAYS_ON).get_tracer("test")
 unsampled_tracer = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
@@ -229,21 +229,15 @@ def test_exemplars_of_several_threads_the_newest_wins(trace_based):
     assert len(series.exemplars) == 2  # the retired slot and the main thread's
 
 
-@dataclass
-class WithFilter:
-    exemplar_filter: str | None
-
-
 def test_the_filter_comes_from_the_setting_then_the_standard_variable():
-    assert exemplars.exemplar_filter(WithFilter("always_off"), {FILTER: "always_on"}) == "always_off"
-    assert exemplars.exemplar_filter(WithFilter(None), {FILTER: " ALWAYS_ON "}) == "always_on"
-    assert exemplars.exemplar_filter(object(), {FILTER: "always_off"}) == "always_off"
-    assert exemplars.exemplar_filter(object(), {}) == "trace_based"
-    with structlog.testing.capture_logs() as logs:
-        assert exemplars.exemplar_filter(object(), {FILTER: "sometimes"}) == "trace_based"
-    assert [(log["event"], log["value"], log["source"]) for log in logs] == [
-        ("meshmetrics_exemplar_filter_unknown", "sometimes", FILTER)
-    ]
+    assert (
+        resolve(environ={FILTER: "always_on"}, exemplar_filter="always_off").exemplar_filter == "always_off"
+    )
+    assert resolve(environ={FILTER: " ALWAYS_ON "}).exemplar_filter == "always_on"
+    assert resolve(environ={FILTER: "always_off"}).exemplar_filter == "always_off"
+    assert resolve(environ={}).exemplar_filter == "trace_based"
+    with pytest.raises(meshmetrics.ConfigurationError, match="OTEL_METRICS_EXEMPLAR_FILTER='sometimes'"):
+        resolve(environ={FILTER: "sometimes"})
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ newest first across threads, as the SDK's ``Exemplar`` type.
 from __future__ import annotations
 
 import contextvars
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -31,17 +30,12 @@ from opentelemetry.sdk.metrics._internal.exemplar import (
 from opentelemetry.sdk.metrics._internal.exemplar import ExemplarFilter as SdkExemplarFilter
 from opentelemetry.trace.propagation import _SPAN_KEY
 
-from meshmetrics._log import RateLimitedLog
-
 ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
 FILTERS: tuple[ExemplarFilter, ...] = ("trace_based", "always_on", "always_off")
-ENVIRONMENT_VARIABLE = "OTEL_METRICS_EXEMPLAR_FILTER"
 SPAN_KEY: str = _SPAN_KEY  # the context key of the current span (the API's own)
 
 Sample = tuple[Any, int, "int | None", "int | None"]
 """One kept measurement: value, time (ns since the epoch), span id, trace id."""
-
-_log = RateLimitedLog()
 
 
 def _context_getter() -> Callable[[], Mapping[str, object]]:
@@ -67,7 +61,7 @@ def sample(context: Mapping[str, object], value: Any, sampling: int) -> Sample |
     A span that is sampled (trace flag 1) gives its ids; under always_on any
     valid span gives them, and a measurement outside spans is kept without.
     """
-    span = context.get(SPAN_KEY) if context is not NO_CONTEXT else None
+    span = context.get(SPAN_KEY)  # None in NO_CONTEXT, which is empty
     if span is not None:
         # a SpanContext is a tuple: unpacking it is cheaper than its properties (pinned by a test)
         trace_id, span_id, _, flags, _, valid = span.get_span_context()  # type: ignore[attr-defined]
@@ -79,34 +73,6 @@ def sample(context: Mapping[str, object], value: Any, sampling: int) -> Sample |
 
 
 ALWAYS_ON = 2
-
-
-def exemplar_filter(settings: object, environ: Mapping[str, str] | None = None) -> ExemplarFilter:
-    """The filter ``settings.exemplar_filter`` names, else ``OTEL_METRICS_EXEMPLAR_FILTER``, else trace_based.
-
-    Names are case-insensitive; an unknown one is logged (once a minute) and
-    trace_based is used.
-    """
-    raw = getattr(settings, "exemplar_filter", None)
-    source = "exemplar_filter"
-    if raw is None:
-        raw = (os.environ if environ is None else environ).get(ENVIRONMENT_VARIABLE)
-        source = ENVIRONMENT_VARIABLE
-    if raw is None or not str(raw).strip():
-        return "trace_based"
-    value = str(raw).strip().lower()
-    for known in FILTERS:
-        if value == known:
-            return known
-    _log.warning(
-        ("exemplar_filter", value),
-        "meshmetrics_exemplar_filter_unknown",
-        source=source,
-        value=value,
-        allowed=list(FILTERS),
-        using="trace_based",
-    )
-    return "trace_based"
 
 
 def sdk_exemplar_filter(name: ExemplarFilter) -> SdkExemplarFilter:

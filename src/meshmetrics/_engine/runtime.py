@@ -5,7 +5,7 @@ series record in meshmetrics' own cells (the fast path, for providers
 meshmetrics built) or on a plain SDK instrument (providers passed in by the
 user, or an instrument a user View targets); the facades cannot tell the
 difference. On the fast path, counters and histograms keep exemplars as the
-exemplar filter says (:func:`~meshmetrics._engine.exemplars.exemplar_filter`),
+exemplar filter says (the ``exemplar_filter`` setting),
 and histograms keep base-2 exponential buckets too when a reader asks for
 them (``histogram_kinds``, or the reader's preferred aggregation).
 """
@@ -30,7 +30,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from meshmetrics import semconv
 from meshmetrics._definitions import MetricDefinition
 from meshmetrics._engine import merge, series
-from meshmetrics._engine.exemplars import exemplar_filter
 from meshmetrics._engine.window import SnapshotWindow
 from meshmetrics._log import RateLimitedLog
 from meshmetrics._policy.core import Policy
@@ -95,7 +94,7 @@ class Runtime:
             reader: (histogram_kinds or {}).get(reader) or merge.reader_histogram_kind(reader)
             for reader in readers or ()
         }
-        self.exemplar_filter = exemplar_filter(settings)
+        self.exemplar_filter = settings.exemplar_filter
         exponential = any(kind != "explicit" for kind in kinds.values())
         self.tables: dict[str, series.Table] = {}
         for name, definition in semconv.METRICS.items():

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from meshmetrics import semconv
 from meshmetrics._engine import runtime as _runtime
-from meshmetrics._engine.exemplars import exemplar_filter, sdk_exemplar_filter
+from meshmetrics._engine.exemplars import sdk_exemplar_filter
 from meshmetrics._engine.merge import HistogramKind
 from meshmetrics._policy.core import AttributePolicy
 from meshmetrics._policy.profiles import kept_keys
@@ -507,7 +507,7 @@ def _build(
         metric_readers=readers,
         resource=resource,
         views=[*conventions_views(settings.detail, settings.dropped()), *user_views],
-        exemplar_filter=sdk_exemplar_filter(exemplar_filter(settings)),  # the SDK path, as the fast path
+        exemplar_filter=sdk_exemplar_filter(settings.exemplar_filter),  # the SDK path, as the fast path
         shutdown_on_exit=False,  # the handle registers its own, time-bounded
     )
     native = settings.prometheus_native_histograms and endpoint_reader is not None

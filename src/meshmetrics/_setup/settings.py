@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from meshmetrics._engine.exemplars import FILTERS as EXEMPLAR_FILTERS
+from meshmetrics._engine.exemplars import ExemplarFilter
 from meshmetrics._policy.profiles import ALIASES as DETAIL_ALIASES
 from meshmetrics._policy.profiles import DETAILS
 
@@ -134,7 +136,7 @@ class Settings:
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
     fast_path: bool = True
     series_ttl_s: float = 0.0
-    exemplar_filter: str = "trace_based"
+    exemplar_filter: ExemplarFilter = "trace_based"
     multiprocess_dir: str | None = None
     multiprocess_push: str = "worker"
     multiprocess_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
@@ -624,7 +626,7 @@ OPTIONS: tuple[Option, ...] = (
         "which measurements keep an exemplar: `trace_based`, `always_on` or `always_off` (see Exemplars "
         "and native histograms)",
         "OTEL_METRICS_EXEMPLAR_FILTER",
-        check=_choice("trace_based", "always_on", "always_off"),
+        check=_choice(*EXEMPLAR_FILTERS),
     ),
     _o(
         "series_ttl",
