@@ -425,8 +425,13 @@ def _serve_endpoint(
     events: _Events,
     *,
     may_raise: bool,
+    shared: bool = False,
 ) -> _http.MetricsServer | None:
-    """The first of ``ports`` that binds; a port in use is a warning unless told to raise."""
+    """The first of ``ports`` that binds; a port in use is a warning unless told to raise.
+
+    ``shared`` (multiprocess mode): the port in use is expected, another process
+    of the service serves the merged view; this one takes it over later.
+    """
     host = settings.prometheus_host
     for port in ports:
         try:
@@ -435,6 +440,15 @@ def _serve_endpoint(
             if error.errno == errno.EADDRINUSE:
                 continue
             raise _config.PrometheusEndpointError(host, port, error) from None
+    if shared:
+        events.info(
+            "meshmetrics_prometheus_endpoint_elsewhere",
+            port=ports[0],
+            pid=os.getpid(),
+            reason="another process of this service serves the merged view; this one publishes to it "
+            "and takes the port over if that process exits",
+        )
+        return None
     if may_raise and settings.prometheus_port_in_use == "raise":
         raise _config.PrometheusPortInUseError(host, ports[0])
     events.warning(
@@ -534,12 +548,14 @@ def _build(
     endpoint = None
     if registry is not None and settings.prometheus_server:
         try:
-            if publisher is not None:
-                endpoint = _serve_shared_endpoint(settings, registry, events)
-            else:
-                endpoint = _serve_endpoint(
-                    settings, registry, ports or (settings.prometheus_port,), events, may_raise=not in_child
-                )
+            endpoint = _serve_endpoint(
+                settings,
+                registry,
+                ports or (settings.prometheus_port,),
+                events,
+                may_raise=not in_child,
+                shared=publisher is not None,
+            )
         except ValueError:
             _run_bounded(lambda: provider.shutdown(timeout_millis=1000), 1.0)
             raise
@@ -572,27 +588,6 @@ def _build(
         publisher.on_tick = handle._take_over_endpoint  # noqa: SLF001 - the handle's own module
         publisher.start_thread()
     return handle
-
-
-def _serve_shared_endpoint(
-    settings: _config.Settings, registry: CollectorRegistry, events: _Events
-) -> _http.MetricsServer | None:
-    """Multiprocess mode: serve the merged view unless another process already does (expected)."""
-    try:
-        return _bind(settings, registry, settings.prometheus_port)
-    except OSError as error:
-        if error.errno != errno.EADDRINUSE:
-            raise _config.PrometheusEndpointError(
-                settings.prometheus_host, settings.prometheus_port, error
-            ) from None
-    events.info(
-        "meshmetrics_prometheus_endpoint_elsewhere",
-        port=settings.prometheus_port,
-        pid=os.getpid(),
-        reason="another process of this service serves the merged view; this one publishes to it "
-        "and takes the port over if that process exits",
-    )
-    return None
 
 
 def _set_global(provider: ApiMeterProvider) -> None:
