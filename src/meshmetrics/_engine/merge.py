@@ -106,11 +106,12 @@ def _exportable(value: Any) -> bool:
 
 def export(
     table: Table,
+    items: list[tuple[Series, Any]],
     reader: ReaderState,
     temporality: AggregationTemporality,
     now_ns: int,
-    on_unexportable: Callable[[str], None],
     *,
+    on_unexportable: Callable[[str], None],
     histogram_kind: Literal["explicit", "exponential"] = "explicit",
 ) -> Metric | None:
     """``table``'s metric as the reader should see it now, or None if it has no points.
@@ -118,7 +119,6 @@ def export(
     A histogram goes out with exponential buckets when ``histogram_kind`` asks
     for them and the table keeps them; with explicit buckets otherwise.
     """
-    items = table.collect(_series.monotonic())
     kind = table.kind
     if kind == "gauge":
         points: list[Any] = [
@@ -327,13 +327,20 @@ def attach(
 
     def collect(target: MetricReader, timeout_millis: float = 10_000) -> MetricsData | None:
         data = original(target, timeout_millis=timeout_millis)
-        now_ns = time.time_ns()
+        now_ns, now_s, live = time.time_ns(), _series.monotonic(), _series.live_slots()
         metrics = []
         for table in tables():
             temporality = reader_temporality(target, table.kind)
+            items = table.collect(now_s, live)  # one snapshot, whatever kinds of histogram go out
             for reader_state, table_kind in exports if table.exponential else exports[:1]:
                 metric = export(
-                    table, reader_state, temporality, now_ns, on_unexportable, histogram_kind=table_kind
+                    table,
+                    items,
+                    reader_state,
+                    temporality,
+                    now_ns,
+                    on_unexportable=on_unexportable,
+                    histogram_kind=table_kind,
                 )
                 if metric is not None:
                     metrics.append(metric)

@@ -530,9 +530,13 @@ class Table:
                 held[value] = count - 1
 
     # Reading.
-    def collect(self, now_s: float) -> list[tuple[Series, Any]]:
-        """Every live series with its merged value; idle series past the TTL go to sleep first."""
-        live = live_slots()
+    def collect(self, now_s: float, live: frozenset[int] | None = None) -> list[tuple[Series, Any]]:
+        """Every live series with its merged value; idle series past the TTL go to sleep first.
+
+        ``live``: the slots of running threads (:func:`live_slots`, taken once per collection).
+        """
+        if live is None:
+            live = live_slots()
         with self.lock:
             items = [(series, series.total(live)) for series in list(self.by_labels.values())]
             if self.series_ttl_s > 0:
