@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 import grpc.aio
@@ -43,6 +43,9 @@ from meshmetrics.integrations._client import (
     method_set,
     routing,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # a dependency of opentelemetry-api
 
 __all__ = [
     "AioMeshInterceptor",
@@ -70,23 +73,27 @@ def _method_name(details: grpc.ClientCallDetails | grpc.aio.ClientCallDetails) -
     return method.decode() if isinstance(method, bytes) else str(method)
 
 
+class GrpcOptions(TypedDict, total=False):
+    """What :func:`interceptors` and :func:`aio_interceptors` take (see :func:`interceptors`)."""
+
+    service: ServiceName
+    strategy: str
+    registered_methods: Collection[str] | None
+    lb_metrics: LoadBalancerMetrics | None
+    mesh_metrics: ServiceMeshMetrics | None
+
+
 class _Calls:
     """What the sync and aio interceptors share: the client, the instance and the method set."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        service: ServiceName,
-        strategy: str,
-        registered_methods: Collection[str] | None,
-        lb_metrics: LoadBalancerMetrics | None,
-        mesh_metrics: ServiceMeshMetrics | None,
-    ) -> None:
+    def __init__(self, target: str, options: GrpcOptions) -> None:
         self.instance = instance_of(target)
-        self.registered = method_set(registered_methods)
+        self.registered = method_set(options.get("registered_methods"))
         self.metrics = ClientMetrics(
-            service=service, strategy=strategy, lb_metrics=lb_metrics, mesh_metrics=mesh_metrics
+            service=options.get("service"),
+            strategy=options.get("strategy", DEFAULT_STRATEGY),
+            lb_metrics=options.get("lb_metrics"),
+            mesh_metrics=options.get("mesh_metrics"),
         )
 
     def begin(self, details: grpc.ClientCallDetails | grpc.aio.ClientCallDetails) -> Attempt | None:
@@ -179,15 +186,7 @@ class MeshInterceptor(
         return self._intercept(continuation, client_call_details, request_iterator)
 
 
-def interceptors(
-    target: str,
-    *,
-    service: ServiceName = None,
-    strategy: str = DEFAULT_STRATEGY,
-    registered_methods: Collection[str] | None = None,
-    lb_metrics: LoadBalancerMetrics | None = None,
-    mesh_metrics: ServiceMeshMetrics | None = None,
-) -> tuple[MeshInterceptor]:
+def interceptors(target: str, **options: Unpack[GrpcOptions]) -> tuple[MeshInterceptor]:
     """Interceptors for ``grpc.intercept_channel(channel, *interceptors(target, ...))``.
 
     ``target`` is the channel's target, the instance (``host:port``); ``service``
@@ -195,14 +194,7 @@ def interceptors(
     ``registered_methods`` the full method names (``package.Service/Method``)
     kept as ``mesh.operation``, everything else being ``other``.
     """
-    calls = _Calls(
-        target,
-        service=service,
-        strategy=strategy,
-        registered_methods=registered_methods,
-        lb_metrics=lb_metrics,
-        mesh_metrics=mesh_metrics,
-    )
+    calls = _Calls(target, options)
     return (MeshInterceptor(calls),)
 
 
@@ -290,26 +282,11 @@ class _AioStreamStream(AioMeshInterceptor, grpc.aio.StreamStreamClientIntercepto
         return await self._streaming(continuation, client_call_details, request_iterator)
 
 
-def aio_interceptors(
-    target: str,
-    *,
-    service: ServiceName = None,
-    strategy: str = DEFAULT_STRATEGY,
-    registered_methods: Collection[str] | None = None,
-    lb_metrics: LoadBalancerMetrics | None = None,
-    mesh_metrics: ServiceMeshMetrics | None = None,
-) -> list[grpc.aio.ClientInterceptor]:
+def aio_interceptors(target: str, **options: Unpack[GrpcOptions]) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors for ``grpc.aio.insecure_channel(target, interceptors=aio_interceptors(target, ...))``.
 
     The options are those of :func:`interceptors`. grpc.aio takes one class per
     kind of call, so there are four, sharing one client.
     """
-    calls = _Calls(
-        target,
-        service=service,
-        strategy=strategy,
-        registered_methods=registered_methods,
-        lb_metrics=lb_metrics,
-        mesh_metrics=mesh_metrics,
-    )
+    calls = _Calls(target, options)
     return [_AioUnaryUnary(calls), _AioUnaryStream(calls), _AioStreamUnary(calls), _AioStreamStream(calls)]
