@@ -7,6 +7,10 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 DEMO_ARGS ?=
 MESH_CLIENT_ARGS ?=
+# The example plugin (examples/plugins/ratelimit): everything generated from its registry.
+PLUGIN  = examples/plugins/ratelimit
+GENERATE_PLUGIN = $(PY) -m meshmetrics generate $(PLUGIN)/ratelimit.yaml --output $(PLUGIN)/ratelimit_metrics.py \
+	--reference $(PLUGIN)/README.md --dashboard $(PLUGIN)/dashboard.json --rules $(PLUGIN)/rules.yaml
 
 .PHONY: install conventions lint test test-unit test-e2e demo bench clean
 
@@ -17,10 +21,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-conventions: install  ## regenerate everything derived from the registry
+conventions: install  ## regenerate everything derived from the registry, and from the example plugin's
 	$(PY) tools/gen_conventions.py
 	$(PY) tools/gen_rules.py
 	$(PY) tools/gen_dashboard.py
+	$(GENERATE_PLUGIN)
 
 lint: install  ## ruff, mypy --strict, and the conventions drift check
 	$(VENV)/bin/ruff check .
@@ -29,6 +34,7 @@ lint: install  ## ruff, mypy --strict, and the conventions drift check
 	$(PY) tools/gen_conventions.py --check
 	$(PY) tools/gen_rules.py --check
 	$(PY) tools/gen_dashboard.py --check
+	$(GENERATE_PLUGIN) --check
 
 test: lint  ## everything CI runs
 	$(PY) -m pytest

@@ -6,44 +6,32 @@ Usage::
 
 Metric and label names come from the registry (``meshmetrics.semconv``); a test
 checks every query against it, and the end-to-end test runs every query on a
-real Prometheus scraping the demo.
+real Prometheus scraping the demo. The rows are curated here; the queries'
+helpers and the dashboard's assembly are meshmetrics' own
+(``meshmetrics._conventions.dashboard``), which also derives a plugin's
+dashboard (``python -m meshmetrics generate --dashboard``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from meshmetrics import semconv
+from meshmetrics._conventions.dashboard import RATE_INTERVAL as RI
+from meshmetrics._conventions.dashboard import SERVICE_MATCHER as SEL
+from meshmetrics._conventions.dashboard import Row, build, quantile, rate, ratio, render
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "conventions" / "dashboards" / "mesh-overview.json"
 
 M = semconv.PROMETHEUS_NAMES
-SEL = 'mesh_service=~"$service"'
-RI = "$__rate_interval"
-
-
-def rate(metric: str, by: str, matchers: str = "") -> str:
-    selector = f"{{{SEL}{',' + matchers if matchers else ''}}}"
-    return f"sum by ({by}) (rate({metric}{selector}[{RI}]))"
-
-
-def quantile(q: str, histogram: str, by: str) -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({histogram}_bucket{{{SEL}}}[{RI}])))"
-
-
-def ratio(numerator: str, denominator: str) -> str:
-    return f"{numerator}\n/\n{denominator}"
-
-
 CALLS = M["mesh.call.duration"] + "_count"
 ATTEMPTS = M["mesh.retry.attempts"]
 
 # (row title, [(panel title, panel type, unit, description, [(expr, legend)])])
-ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] = [
+ROWS: list[Row] = [
     (
         "Golden signals",
         [
@@ -530,109 +518,27 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
     ),
 ]
 
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+TITLE = "meshmetrics: mesh overview"
+UID = "meshmetrics-overview"
+DESCRIPTION = (
+    "Golden signals, load balancing, retries, circuit breakers, registry and health from meshmetrics."
+)
+TAGS = ["meshmetrics", "service-mesh"]
+SERVICE_SERIES = f"{M['mesh.call.duration']}_count"
 
 
-def build() -> dict[str, object]:
-    panels: list[dict[str, object]] = []
-    panel_id = 1
-    y = 0
-    for row_title, row_panels in ROWS:
-        panels.append(
-            {
-                "type": "row",
-                "title": row_title,
-                "id": panel_id,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                "panels": [],
-            }
-        )
-        panel_id += 1
-        y += 1
-        for index, (title, kind, unit, description, queries) in enumerate(row_panels):
-            panels.append(
-                {
-                    "id": panel_id,
-                    "type": kind,
-                    "title": title,
-                    "description": description,
-                    "datasource": DATASOURCE,
-                    "gridPos": {"h": 8, "w": 8, "x": (index % 3) * 8, "y": y + (index // 3) * 8},
-                    "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-                    "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
-                    "targets": [
-                        {
-                            "refId": chr(ord("A") + n),
-                            "datasource": DATASOURCE,
-                            "expr": expr,
-                            "legendFormat": legend,
-                            # latency quantiles link to traces: Grafana shows the buckets' exemplars
-                            **({"exemplar": True} if "histogram_quantile" in expr else {}),
-                        }
-                        for n, (expr, legend) in enumerate(queries)
-                    ],
-                }
-            )
-            panel_id += 1
-        y += 8 * ((len(row_panels) + 2) // 3)
-    return {
-        "title": "meshmetrics: mesh overview",
-        "uid": "meshmetrics-overview",
-        "description": "Golden signals, load balancing, retries, circuit breakers, registry and health from meshmetrics.",
-        "tags": ["meshmetrics", "service-mesh"],
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": True,
-        "graphTooltip": 1,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
-        "timezone": "browser",
-        "annotations": {"list": []},
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                    "refresh": 1,
-                },
-                {
-                    "name": "service",
-                    "label": "Service",
-                    "type": "query",
-                    "datasource": DATASOURCE,
-                    "query": {
-                        "query": f"label_values({M['mesh.call.duration']}_count, mesh_service)",
-                        "refId": "service",
-                    },
-                    "definition": f"label_values({M['mesh.call.duration']}_count, mesh_service)",
-                    "multi": True,
-                    "includeAll": True,
-                    "allValue": ".*",
-                    "current": {},
-                    "refresh": 2,
-                    "sort": 1,
-                    "hide": 0,
-                },
-            ]
-        },
-        "panels": panels,
-    }
-
-
-def render() -> str:
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+def render_overview() -> str:
+    dashboard = build(
+        ROWS, title=TITLE, uid=UID, description=DESCRIPTION, tags=TAGS, service_series=SERVICE_SERIES
+    )
+    return render(dashboard)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the dashboard is stale")
     args = parser.parse_args()
-    content = render()
+    content = render_overview()
     if args.check:
         if not OUTPUT.exists() or OUTPUT.read_text() != content:
             print(f"{OUTPUT} is stale; run `make conventions`", file=sys.stderr)

@@ -12,6 +12,7 @@ Configure once at start-up, record through the facades::
 from importlib.metadata import version as _package_version
 
 from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
+from meshmetrics._errors import ConfigurationError
 from meshmetrics._lb import LoadBalancerMetrics, OutlierTracker, RequestTracker
 from meshmetrics._mesh import CallTracker, ServiceMeshMetrics
 from meshmetrics._policy.core import AttributePolicy, InvalidMeasurement, bounded, drop, hashed, unbounded
@@ -19,7 +20,7 @@ from meshmetrics._policy.errors import classify_error
 from meshmetrics._policy.normalizers import status_class, template_path
 from meshmetrics._retry import RetryCallTracker, RetryMetrics, retry_outcome
 from meshmetrics._setup.provider import MetricsHandle, configure, current_handle, shutdown
-from meshmetrics._setup.settings import ConfigurationError, PrometheusEndpointError, PrometheusPortInUseError
+from meshmetrics._setup.settings import PrometheusEndpointError, PrometheusPortInUseError
 
 __version__ = _package_version("meshmetrics")
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m meshmetrics demo``."""
+"""Command line: ``python -m meshmetrics demo | top | generate``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +31,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.add_argument("--iterations", type=int, default=None, help="stop after this many views")
     top.add_argument("--no-clear", action="store_true", help="append views instead of redrawing the screen")
     top.add_argument("--service", default=None, help="show the instances of this one service instead")
+    generate = commands.add_parser(
+        "generate", help="a plugin registry's typed facades, metric reference, dashboard and rules"
+    )
+    generate.add_argument("registry", type=Path, help="the plugin's conventions YAML")
+    generate.add_argument("--output", type=Path, help="the Python module to write (facades, names)")
+    generate.add_argument("--reference", type=Path, help="the Markdown metric reference to write")
+    generate.add_argument("--dashboard", type=Path, help="the Grafana dashboard (JSON) to write")
+    generate.add_argument("--rules", type=Path, help="the Prometheus recording rules (YAML) to write")
+    generate.add_argument("--check", action="store_true", help="write nothing; fail if an output is stale")
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        from meshmetrics._cli import generate as _generate  # noqa: PLC0415 - keep `--help` fast
+
+        return _generate.run(
+            args.registry,
+            output=args.output,
+            reference=args.reference,
+            dashboard=args.dashboard,
+            rules=args.rules,
+            check=args.check,
+        )
     if args.command == "top":
         from meshmetrics._cli import top as _top  # noqa: PLC0415 - keep `--help` fast
 

@@ -1,12 +1,14 @@
-"""Typed shapes of the conventions registry, shared by the generated ``semconv`` module."""
+"""Typed shapes of a conventions registry: meshmetrics' own (``semconv``) and a plugin's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 InstrumentKind = Literal["counter", "updowncounter", "histogram", "gauge"]
 PolicyKind = Literal["enum", "bounded", "unbounded"]
+MinimalRule = Literal["keep", "drop", "drop_on_histograms"]
 OTHER = "_OTHER"
 """The value every fold of the registry goes to: an enum value outside its set, a value over its budget."""
 
@@ -26,6 +28,8 @@ class AttributeDefinition:
     """For ``bounded``: distinct values kept per metric before folding into ``_OTHER``."""
     allowed_values: tuple[str, ...] = ()
     """For enums: every value accepted; others fold into ``_OTHER`` (or are rejected)."""
+    minimal: MinimalRule = "keep"
+    """What ``detail="minimal"`` does with it: keep it, drop it, or drop it from histograms only."""
 
 
 @dataclass(frozen=True)
@@ -60,3 +64,53 @@ class MetricDefinition:
     def attribute_keys(self) -> frozenset[str]:
         """Every attribute key the metric may carry (its View allow-list)."""
         return frozenset(use.key for use in self.attributes)
+
+
+@dataclass(frozen=True, eq=False)
+class Conventions:
+    """One registry's attributes and metrics: meshmetrics' own, or a plugin's.
+
+    A plugin's metrics may use meshmetrics' attributes (``mesh.service``);
+    only the attributes it defines itself are in its ``attributes``.
+    """
+
+    source: str
+    """Where it was declared: ``meshmetrics`` for the built-in registry, else the plugin's file."""
+    attributes: Mapping[str, AttributeDefinition]
+    metrics: Mapping[str, MetricDefinition]
+
+
+class ConventionsConflictError(ValueError):
+    """Two registries declare the same name differently."""
+
+
+def combine(registries: Iterable[Conventions]) -> Conventions:
+    """Every attribute and metric of ``registries``, after checking that no two disagree.
+
+    The same definition given twice (a plugin's file and its generated module)
+    is one definition; the same name defined two ways, or two metrics exposed
+    under one Prometheus name, is a :class:`ConventionsConflictError` naming
+    both sources.
+    """
+    registries = tuple(registries)
+    attributes: dict[str, AttributeDefinition] = {}
+    metrics: dict[str, MetricDefinition] = {}
+    owners: dict[str, str] = {}  # "attribute x" / "metric y" / "Prometheus name z" -> source
+    exposed: dict[str, str] = {}  # Prometheus name -> metric
+
+    def claim(what: str, same: bool, source: str) -> None:
+        owner = owners.setdefault(what, source)
+        if not same:
+            raise ConventionsConflictError(
+                f"{source}: {what} is already defined differently by {owner}; a name has one definition"
+            )
+
+    for registry in registries:
+        source = registry.source
+        for key, attribute in registry.attributes.items():
+            claim(f"attribute {key!r}", attributes.setdefault(key, attribute) == attribute, source)
+        for name, metric in registry.metrics.items():
+            claim(f"metric {name!r}", metrics.setdefault(name, metric) == metric, source)
+            prometheus = metric.prometheus_name
+            claim(f"Prometheus name {prometheus!r}", exposed.setdefault(prometheus, name) == name, source)
+    return Conventions(" + ".join(dict.fromkeys(r.source for r in registries)), attributes, metrics)

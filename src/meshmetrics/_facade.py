@@ -33,7 +33,7 @@ from meshmetrics.semconv import METRICS
 if TYPE_CHECKING:
     from typing_extensions import Self  # a dependency of opentelemetry-api
 
-    from meshmetrics._engine.series import Series
+    from meshmetrics._engine.series import Series, Table
 
 # Every metric with a per-instance series: what ends when an instance goes away.
 INSTANCE_METRICS = tuple(name for name, d in METRICS.items() if ATTR_INSTANCE in d.attribute_keys)
@@ -58,6 +58,16 @@ def ratio(policy: Policy, metric: str, field: str, value: object) -> float | Non
 def attempts(policy: Policy, metric: str, field: str, value: object) -> int | None:
     """Validate an attempt ordinal or count (integer >= 1)."""
     return policy.count(metric, field, value, minimum=1)
+
+
+def real(policy: Policy, metric: str, field: str, value: object) -> float | None:
+    """Validate a finite real number."""
+    return policy.finite(metric, field, value)
+
+
+def non_negative(policy: Policy, metric: str, field: str, value: object) -> float | None:
+    """Validate a finite real number >= 0 (what a counter adds)."""
+    return policy.finite(metric, field, value, minimum=0.0)
 
 
 def count(policy: Policy, metric: str, field: str, value: object) -> int | None:
@@ -103,6 +113,17 @@ def state_name(state: object) -> object:
         return Unclassifiable(cause)
 
 
+class StaleDefinitionError(Exception):
+    """A generated facade's metric differs from the definition the runtime holds."""
+
+    def __init__(self, metric: str) -> None:
+        """Name the metric and the fix."""
+        super().__init__(
+            f"{metric}: the generated facade's definition differs from the conventions configure() "
+            "loaded; regenerate it (python -m meshmetrics generate ...)"
+        )
+
+
 class Facade:
     """Base of the public facades: binds to a provider and records safely."""
 
@@ -133,16 +154,40 @@ class Facade:
         if runtime is None:
             return
         try:
-            table = runtime.tables[metric.name]
+            try:
+                table = runtime.tables[metric.name]
+            except KeyError:  # a plugin's metric that configure() was not given: adopted on first use
+                table = self._adopt(runtime, metric)
             series: Series | None
             try:  # Table.series_of, inlined: counters are the hottest calls
                 series = table.cache[values]
             except Exception:  # not cached yet, unhashable or hostile: the policy's way
-                series = table.find(values)
+                series = (
+                    table.find(values) if table.definition is metric else self._find(table, metric, values)
+                )
             if series is not None:
                 series.add(amount)
         except Exception as error:
             self._fail(runtime, metric.name, error)
+
+    def _add_checked(
+        self, metric: MetricDefinition, field: str, amount: object, values: tuple[object, ...]
+    ) -> None:
+        """``_add`` for an amount that is not a plain int in range: validated first (plugins' counters)."""
+        checked = self._check(metric, non_negative if metric.instrument == "counter" else real, field, amount)
+        if checked is not None:
+            self._add(metric, checked, values)
+
+    def _adopt(self, runtime: Runtime, metric: MetricDefinition) -> Table:  # noqa: ARG002 - a plugin uses it
+        """The table of a metric the runtime does not know: only a plugin's facade brings one."""
+        raise KeyError(metric.name)
+
+    def _find(self, table: Table, metric: MetricDefinition, values: tuple[object, ...]) -> Series | None:
+        """Find a series for a caller whose definition is not the table's own object."""
+        if table.definition != metric:
+            raise StaleDefinitionError(metric.name)
+        table.definition = metric  # equal: the next lookups take the identity test
+        return table.find(values)
 
     def _measure(
         self,
@@ -165,12 +210,17 @@ class Facade:
                 if validated is None:
                     return
                 checked = validated
-            table = runtime.tables[metric.name]
+            try:
+                table = runtime.tables[metric.name]
+            except KeyError:  # as in _add
+                table = self._adopt(runtime, metric)
             series: Series | None
             try:  # Table.series_of, inlined as in _add
                 series = table.cache[values]
             except Exception:  # not cached yet, unhashable or hostile: the policy's way
-                series = table.find(values)
+                series = (
+                    table.find(values) if table.definition is metric else self._find(table, metric, values)
+                )
             if series is None:
                 return
             if metric.instrument == "histogram":

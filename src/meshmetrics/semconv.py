@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from meshmetrics._definitions import AttributeDefinition, AttributeUse, MetricDefinition
+from meshmetrics._definitions import (
+    AttributeDefinition,
+    AttributeUse,
+    Conventions,
+    MetricDefinition,
+)
 
 # Attribute keys.
 ATTR_MESH_SERVICE: Final = "mesh.service"
@@ -207,6 +212,7 @@ ATTRIBUTES: Final[dict[str, AttributeDefinition]] = {
         policy="bounded",
         limit=100,
         allowed_values=(),
+        minimal="drop_on_histograms",
     ),
     "mesh.operation": AttributeDefinition(
         key="mesh.operation",
@@ -806,6 +812,9 @@ METRICS: Final[dict[str, MetricDefinition]] = {
         counterparts=(),
     ),
 }
+
+CONVENTIONS: Final = Conventions('meshmetrics', ATTRIBUTES, METRICS)
+"""This registry's definitions, as one unit."""
 
 # Prometheus exposition: the metric's base name, every sample name it exposes,
 # and each attribute's label name. Dashboards, rules and `meshmetrics top` use these.

@@ -31,6 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from meshmetrics import semconv
+from meshmetrics._definitions import MetricDefinition
 from meshmetrics._engine import runtime as _runtime
 from meshmetrics._setup import settings as _config
 from meshmetrics._setup.provider import conventions_views
@@ -72,9 +73,18 @@ class CapturedMetrics:
     for ``error.type``; ``error_type`` works too).
     """
 
-    def __init__(self, reader: InMemoryMetricReader) -> None:
-        """Read from ``reader``."""
+    def __init__(self, reader: InMemoryMetricReader, runtime: _runtime.Runtime | None = None) -> None:
+        """Read from ``reader``; metrics are defined by ``runtime``'s registries (plugins' too)."""
         self._reader = reader
+        self._runtime = runtime
+
+    def _definition(self, metric: str) -> MetricDefinition:
+        runtime = self._runtime or _runtime.state.current
+        known = runtime.conventions.metrics if runtime is not None else semconv.METRICS
+        try:
+            return known[metric]
+        except KeyError:
+            raise LookupError(f"{metric!r} is not a metric of meshmetrics or of a plugin in use") from None
 
     def points(self, metric: str, /) -> list[tuple[dict[str, Any], Any]]:
         """Every data point of ``metric`` now: (attributes, point) pairs."""
@@ -90,7 +100,8 @@ class CapturedMetrics:
         return found
 
     def _matching(self, metric: str, filters: Mapping[str, object]) -> list[tuple[dict[str, Any], Any]]:
-        wanted = {_resolve_key(metric, key): str(value) for key, value in filters.items()}
+        keys = [use.key for use in self._definition(metric).attributes]
+        wanted = {_resolve_key(metric, keys, key): str(value) for key, value in filters.items()}
         return [
             (attributes, point)
             for attributes, point in self.points(metric)
@@ -104,7 +115,7 @@ class CapturedMetrics:
         """
         points = self._matching(metric, attributes)
         numbers = [point for _, point in points if isinstance(point, NumberDataPoint)]
-        if semconv.METRICS[metric].instrument == "gauge":
+        if self._definition(metric).instrument == "gauge":
             if len(numbers) > 1:
                 raise LookupError(f"{metric}: {len(numbers)} gauge series match {attributes}")
             return numbers[0].value if numbers else 0
@@ -113,7 +124,7 @@ class CapturedMetrics:
     def histogram(self, metric: str, /, **attributes: object) -> HistogramValue:
         """Merged count, sum and buckets of a histogram over matching series."""
         points = [p for _, p in self._matching(metric, attributes) if isinstance(p, HistogramDataPoint)]
-        bounds = tuple(points[0].explicit_bounds) if points else tuple(semconv.METRICS[metric].buckets)
+        bounds = tuple(points[0].explicit_bounds) if points else tuple(self._definition(metric).buckets)
         buckets = [0] * (len(bounds) + 1)
         for point in points:
             for index, bucket in enumerate(point.bucket_counts):
@@ -148,8 +159,7 @@ class CapturedMetrics:
         return [attrs for attrs, _ in self._matching(metric, attributes)]
 
 
-def _resolve_key(metric: str, short: str) -> str:
-    keys = [use.key for use in semconv.METRICS[metric].attributes]
+def _resolve_key(metric: str, keys: list[str], short: str) -> str:
     for key in keys:
         if short in (key, key.replace(".", "_")):
             return key
@@ -183,9 +193,10 @@ def capture(
         series_ttl_s=series_ttl,
     )
     previous = _runtime.state.current
-    _runtime.state.current = _runtime.Runtime(provider, settings, readers=[reader])
+    runtime = _runtime.Runtime(provider, settings, readers=[reader])
+    _runtime.state.current = runtime
     try:
-        yield CapturedMetrics(reader)
+        yield CapturedMetrics(reader, runtime)
     finally:
         _runtime.state.current = previous
         provider.shutdown()

@@ -28,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from meshmetrics import semconv
-from meshmetrics._definitions import MetricDefinition
+from meshmetrics._definitions import Conventions, MetricDefinition, combine
 from meshmetrics._engine import merge, series
 from meshmetrics._engine.window import SnapshotWindow
 from meshmetrics._log import RateLimitedLog
@@ -76,42 +76,31 @@ class Runtime:
         self._snapshots = SnapshotWindow()
         self._removal_log: deque[tuple[float, list[str], dict[str, str]]] = deque(maxlen=REMOVALS_KEPT)
         self._log = RateLimitedLog()
+        self.conventions = combine((semconv.CONVENTIONS, *settings.conventions))
+        self.merge_rules: dict[str, str] = {}
+        """Each gauge's multiprocess merge rule, as its registry declares it."""
         self.policy = Policy(
             strict=settings.strict,
             max_label_length=settings.max_label_length,
             on_rejected=self._count_rejected,
             on_folded=self._count_folded,
-            kept={
-                name: frozenset(kept_keys(d.instrument, (u.key for u in d.attributes), settings.detail))
-                - settings.dropped()
-                for name, d in semconv.METRICS.items()
-            },
+            attributes=dict(self.conventions.attributes),
             overrides=settings.attribute_policies,
             normalizers=settings.normalizers,
         )
-        fast = readers is not None and settings.fast_path
+        self._fast = readers is not None and settings.fast_path
+        self._user_views = tuple(user_views)
         kinds = {
             reader: (histogram_kinds or {}).get(reader) or merge.reader_histogram_kind(reader)
             for reader in readers or ()
         }
         self.exemplar_filter = settings.exemplar_filter
-        exponential = any(kind != "explicit" for kind in kinds.values())
+        self._exponential = any(kind != "explicit" for kind in kinds.values())
+        self._adopt_lock = threading.Lock()
         self.tables: dict[str, series.Table] = {}
-        for name, definition in semconv.METRICS.items():
-            if name in _OBSERVABLE:
-                continue
-            on_fast_path = fast and self._fast_path_allowed(definition, user_views)
-            table = series.Table(
-                definition,
-                self.policy,
-                sdk_instrument=None if on_fast_path else self._create(definition),
-                series_ttl_s=settings.series_ttl_s,
-                count_folds=name not in _SELF_METRICS,
-                exemplar_filter=self.exemplar_filter,
-                exponential=exponential,
-            )
-            table.on_first_end = self._cannot_end
-            self.tables[name] = table
+        self._fast_tables: list[series.Table] = []
+        for definition in self.conventions.metrics.values():
+            self._add_table(definition)
         imbalance = semconv.METRICS[semconv.METRIC_MESH_LB_LOAD_IMBALANCE]
         self.meter.create_observable_gauge(
             imbalance.name,
@@ -119,21 +108,20 @@ class Runtime:
             unit=imbalance.unit,
             description=imbalance.brief,
         )
-        fast_tables = [t for t in self.tables.values() if t.sdk_instrument is None]
-        if settings.series_ttl_s > 0 and len(fast_tables) < len(self.tables):
+        if settings.series_ttl_s > 0 and len(self._fast_tables) < len(self.tables):
             self._log.warning(
                 ("series_ttl", "sdk_path"),
                 "meshmetrics_series_ttl_not_applied",
                 metrics=sorted(name for name, t in self.tables.items() if t.sdk_instrument is not None),
                 reason="recorded by the OpenTelemetry SDK, which keeps every series it has seen",
             )
-        if fast_tables and readers:
+        if self._fast and readers:
             resource = getattr(getattr(provider, "_sdk_config", None), "resource", None) or Resource({})
             scope = InstrumentationScope(METER_NAME, METER_VERSION)
             for reader in readers:
                 merge.attach(
                     reader,
-                    lambda: fast_tables,
+                    lambda: self._fast_tables,
                     resource,
                     scope,
                     self._count_unexportable,
@@ -141,6 +129,44 @@ class Runtime:
                 )
         self._overflows = self.tables[semconv.METRIC_MESHMETRICS_ATTRIBUTE_OVERFLOWS]
         self._rejected = self.tables[semconv.METRIC_MESHMETRICS_MEASUREMENTS_REJECTED]
+
+    def _add_table(self, definition: MetricDefinition) -> None:
+        """Create the table of one metric: on the fast path unless a user View targets it."""
+        name = definition.name
+        kept = kept_keys(definition, self.conventions.attributes, self.settings.detail)
+        self.policy.keep(name, frozenset(kept) - self.settings.dropped())
+        if definition.instrument == "gauge":
+            self.merge_rules[name] = definition.multiprocess or "last"
+        if name in _OBSERVABLE:
+            return  # its callback observes it
+        on_fast_path = self._fast and self._fast_path_allowed(definition, self._user_views)
+        table = series.Table(
+            definition,
+            self.policy,
+            sdk_instrument=None if on_fast_path else self._create(definition),
+            series_ttl_s=self.settings.series_ttl_s,
+            count_folds=name not in _SELF_METRICS,
+            exemplar_filter=self.exemplar_filter,
+            exponential=self._exponential,
+        )
+        table.on_first_end = self._cannot_end
+        self.tables[name] = table
+        if on_fast_path:
+            self._fast_tables = [*self._fast_tables, table]  # a new list: a collection may be iterating
+
+    def adopt(self, conventions: Conventions) -> None:
+        """Add a plugin's metrics that ``configure()`` was not given (its generated facade's first call).
+
+        Raises :class:`~meshmetrics._definitions.ConventionsConflictError` when
+        one of its names is already defined differently (a stale generated module).
+        """
+        with self._adopt_lock:
+            combined = combine((self.conventions, conventions))
+            self.policy.attributes.update(combined.attributes)
+            self.conventions = combined
+            for name, definition in conventions.metrics.items():
+                if name not in self.tables:
+                    self._add_table(definition)
 
     def _fast_path_allowed(self, definition: MetricDefinition, user_views: Sequence[View]) -> bool:
         # a user View wants the SDK's aggregation for it: keep the SDK path

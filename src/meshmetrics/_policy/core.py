@@ -113,22 +113,29 @@ class Policy:
         max_label_length: int,
         on_rejected: Callable[[str, str], None],
         on_folded: Callable[[str, str], None],
-        kept: Mapping[str, frozenset[str]] | None = None,
+        attributes: dict[str, AttributeDefinition] | None = None,
         overrides: Mapping[str, AttributePolicy] | None = None,
         normalizers: Mapping[str, Callable[[str], str]] | None = None,
     ) -> None:
         """Build a policy; ``on_rejected(metric, reason)`` and ``on_folded(metric, key)`` count.
 
-        ``kept`` maps a metric to the attribute keys its detail profile keeps.
+        ``attributes`` holds the definition of every attribute a metric may
+        use (meshmetrics' own, by default); :meth:`keep` says which keys of a
+        metric its detail profile keeps.
         """
         self.strict = strict
-        self._kept = kept or {}
+        self.attributes = dict(semconv.ATTRIBUTES) if attributes is None else attributes
+        self._kept: dict[str, frozenset[str]] = {}
         self._overrides = dict(overrides or {})
         self._normalizers = dict(normalizers or {})
         self.max_label_length = max_label_length
         self._on_rejected = on_rejected
         self._on_folded = on_folded
         self._log = RateLimitedLog()
+
+    def keep(self, metric: str, keys: frozenset[str]) -> None:
+        """Keep only ``keys`` of ``metric``'s attributes (its detail profile, less what is dropped)."""
+        self._kept[metric] = keys
 
     # Rejection.
     def reject(
@@ -207,6 +214,17 @@ class Policy:
             return None
         return value
 
+    def finite(self, metric: str, field: str, value: object, minimum: float = -math.inf) -> float | None:
+        """A finite real number >= ``minimum``."""
+        number = self._real(metric, field, value)
+        if number is None:
+            return None
+        if not math.isfinite(number) or number < minimum:
+            rule = "must be finite" + (f" and >= {minimum:g}" if minimum > -math.inf else "")
+            self.reject(metric, field, value, rule, "invalid_value")
+            return None
+        return number
+
     def _real(self, metric: str, field: str, value: object) -> float | None:
         if type(value) is float:
             return value
@@ -248,7 +266,7 @@ class Policy:
             if type(raw) is not str or len(raw) > self.max_label_length:
                 cacheable = False
             label = self._label(metric.name, use.key, raw)
-            definition = semconv.ATTRIBUTES[use.key]
+            definition = self.attributes[use.key]
             kind, limit = self._policy_of(definition)
             if label is not None and kind == "enum":
                 label = self._enum(metric.name, definition, label, folded)

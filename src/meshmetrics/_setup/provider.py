@@ -30,9 +30,11 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
 from meshmetrics import semconv
+from meshmetrics._definitions import Conventions, combine
 from meshmetrics._engine import runtime as _runtime
 from meshmetrics._engine.exemplars import sdk_exemplar_filter
 from meshmetrics._engine.merge import HistogramKind
+from meshmetrics._errors import ConfigurationError
 from meshmetrics._policy.core import AttributePolicy
 from meshmetrics._policy.profiles import kept_keys
 from meshmetrics._serve import apps as _apps
@@ -49,19 +51,19 @@ _configure_lock = threading.Lock()
 _current: MetricsHandle | None = None
 
 
-def conventions_views(detail: str, dropped: frozenset[str] = frozenset()) -> list[View]:
-    """Views for every registry metric: attribute allow-list (per profile) and cardinality limit."""
+def conventions_views(
+    detail: str, dropped: frozenset[str] = frozenset(), plugins: Sequence[Conventions] = ()
+) -> list[View]:
+    """Views for every registry metric, plugins' too: attribute allow-list (per profile), series limit."""
+    conventions = combine((semconv.CONVENTIONS, *plugins))
     return [
         View(
             instrument_name=definition.name,
             meter_name=_runtime.METER_NAME,
-            attribute_keys=set(
-                kept_keys(definition.instrument, (u.key for u in definition.attributes), detail)
-            )
-            - dropped,
+            attribute_keys=set(kept_keys(definition, conventions.attributes, detail)) - dropped,
             aggregation_cardinality_limit=definition.cardinality_limit,
         )
-        for definition in semconv.METRICS.values()
+        for definition in conventions.metrics.values()
     ]
 
 
@@ -281,7 +283,7 @@ def _bind(settings: _config.Settings, registry: CollectorRegistry, port: int) ->
 def _check_views(views: Sequence[View], prometheus: bool) -> None:
     for view in views:
         if prometheus and isinstance(view._aggregation, ExponentialBucketHistogramAggregation):  # noqa: SLF001
-            raise _config.ConfigurationError(
+            raise ConfigurationError(
                 "views: argument views=: a View forcing exponential histograms would break the "
                 "Prometheus endpoint (every scrape fails); ask for them on OTLP only with "
                 "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION="
@@ -325,6 +327,7 @@ def configure(
     exemplar_filter: Literal["trace_based", "always_on", "always_off"] | None = None,
     attribute_policies: Mapping[str, AttributePolicy] | None = None,
     normalizers: Mapping[str, Callable[[str], str]] | None = None,
+    conventions: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     multiprocess_dir: str | None = None,
     multiprocess_push: Literal["worker", "merged"] | None = None,
     multiprocess_interval: float | None = None,
@@ -520,7 +523,7 @@ def _build(
     provider = MeterProvider(
         metric_readers=readers,
         resource=resource,
-        views=[*conventions_views(settings.detail, settings.dropped()), *user_views],
+        views=[*conventions_views(settings.detail, settings.dropped(), settings.conventions), *user_views],
         exemplar_filter=sdk_exemplar_filter(settings.exemplar_filter),  # the SDK path, as the fast path
         shutdown_on_exit=False,  # the handle registers its own, time-bounded
     )
@@ -534,7 +537,7 @@ def _build(
         publisher = _workers.Publisher(
             Path(settings.multiprocess_dir),
             publishing,
-            rules=_workers.merge_rules(),
+            rules=runtime.merge_rules,
             resource=resource,
             removals=runtime.removals,
             interval_s=settings.multiprocess_interval_s,

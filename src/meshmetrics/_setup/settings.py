@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from meshmetrics._definitions import Conventions, ConventionsConflictError, combine
 from meshmetrics._engine.exemplars import FILTERS as EXEMPLAR_FILTERS
 from meshmetrics._engine.exemplars import ExemplarFilter
+from meshmetrics._errors import ConfigurationError
 from meshmetrics._policy.profiles import ALIASES as DETAIL_ALIASES
 from meshmetrics._policy.profiles import DETAILS
 
@@ -57,14 +59,6 @@ MAX_LABEL_LENGTH_RANGE = (1, 65_536)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-class ConfigurationError(ValueError):
-    """A ``configure()`` argument or environment variable that is not allowed.
-
-    The message names the setting, its source (``argument export_interval=``
-    or ``variable OTEL_METRIC_EXPORT_INTERVAL``) and what is allowed.
-    """
 
 
 class PrometheusEndpointError(ConfigurationError, OSError):
@@ -142,6 +136,8 @@ class Settings:
     multiprocess_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     attribute_policies: Mapping[str, Any] = field(default_factory=dict)
     normalizers: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
+    conventions: tuple[Conventions, ...] = ()
+    """Plugin registries loaded by ``configure(conventions=...)``."""
 
     def dropped(self) -> frozenset[str]:
         """Attribute keys configured away (``drop()``)."""
@@ -350,6 +346,27 @@ def _basic_auth(value: object, where: str) -> tuple[str, str]:
     if ":" in user:
         raise _fail(where, None, "the username must not contain ':' (HTTP basic auth)")
     return user, _secret(value[1], f"{where} (password)")
+
+
+def _conventions(value: object, where: str) -> tuple[Conventions, ...]:
+    """Plugin registries: a path, or a list of paths (a variable: paths separated by ``os.pathsep``)."""
+    from meshmetrics import semconv  # noqa: PLC0415 - semconv imports this module's package
+    from meshmetrics._conventions.loader import load  # noqa: PLC0415 - only plugins need the loader
+
+    if isinstance(value, (str, os.PathLike)):
+        paths = [p for p in str(value).split(os.pathsep) if p] if _from_variable(where) else [value]
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in value):
+        paths = list(value)
+    else:
+        raise _fail(
+            where, type(value).__name__, "must be a path or a list of paths to conventions YAML files"
+        )
+    loaded = tuple(load(path, builtin=semconv.CONVENTIONS).conventions() for path in paths)
+    try:
+        combine((semconv.CONVENTIONS, *loaded))
+    except ConventionsConflictError as conflict:
+        raise ConfigurationError(f"conventions: {conflict}") from None
+    return loaded
 
 
 def _exporters(value: object, where: str) -> bool:
@@ -650,6 +667,15 @@ OPTIONS: tuple[Option, ...] = (
         "per-attribute `str -> str` functions, e.g. `template_path`",
         check=_mapping,
     ),
+    _o(
+        "conventions",
+        "recording",
+        "—",
+        "your own metrics: plugin registries (YAML paths; the variable separates them with `:`), "
+        "see Your own metrics",
+        "MESHMETRICS_CONVENTIONS",
+        check=_conventions,
+    ),
     # several worker processes behind one endpoint
     _o(
         "multiprocess_dir",
@@ -798,17 +824,20 @@ def _security(got: _Values) -> dict[str, Any]:
     }
 
 
-def _check_attribute_keys(policies: Mapping[str, Any], normalizers: Mapping[str, Any]) -> None:
+def _check_attribute_keys(
+    policies: Mapping[str, Any], normalizers: Mapping[str, Any], plugins: tuple[Conventions, ...]
+) -> None:
     from meshmetrics import semconv  # noqa: PLC0415 - semconv imports this module's package
 
+    attributes = combine((semconv.CONVENTIONS, *plugins)).attributes
     for key in (*policies, *normalizers):
-        if key not in semconv.ATTRIBUTES:
+        if key not in attributes:
             raise ConfigurationError(
                 f"attribute_policies/normalizers: argument key {key!r} is not allowed; "
                 "an attribute of the conventions registry"
             )
     for key, policy in policies.items():
-        if policy.kind in ("bounded", "hashed") and semconv.ATTRIBUTES[key].type == "enum":
+        if policy.kind in ("bounded", "hashed") and attributes[key].type == "enum":
             raise ConfigurationError(
                 f"attribute_policies: argument key {key!r} is an enum; only drop() applies to it"
             )
@@ -830,7 +859,8 @@ def resolve(*, environ: Mapping[str, str] | None = None, **arguments: Any) -> Se
     got = _gather(env, arguments)
     policies = got.get("attribute_policies", {})
     normalizers = got.get("normalizers", {})
-    _check_attribute_keys(policies, normalizers)
+    plugins = got.get("conventions", ())
+    _check_attribute_keys(policies, normalizers, plugins)
     return Settings(
         service_name=got.get("service_name"),
         resource_attributes=got.get("resource_attributes", {}),
@@ -863,4 +893,5 @@ def resolve(*, environ: Mapping[str, str] | None = None, **arguments: Any) -> Se
         multiprocess_interval_s=got.get("multiprocess_interval", DEFAULT_PUBLISH_INTERVAL_S),
         attribute_policies=policies,
         normalizers=normalizers,
+        conventions=plugins,
     )

@@ -20,22 +20,12 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from meshmetrics import semconv
 from meshmetrics._engine import workers
 from meshmetrics._log import RateLimitedLog, logger
 from meshmetrics._serve.reader import CumulativeReader
 
 DEFAULT_PUBLISH_INTERVAL_S = 1.0
 PUSH_LOCK = "push.lock"
-
-
-def merge_rules() -> dict[str, str]:
-    """Each gauge's merge rule, as the conventions registry declares it (``last`` when it says none)."""
-    return {
-        name: definition.multiprocess or "last"
-        for name, definition in semconv.METRICS.items()
-        if definition.instrument == "gauge"
-    }
 
 
 class Publisher:
@@ -57,7 +47,7 @@ class Publisher:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.reader = reader
-        self.rules = dict(rules)
+        self.rules = rules  # the runtime's: a plugin adopted later brings its gauges' rules
         self.resource = resource
         self.interval_s = interval_s
         self.series_ttl_s = series_ttl_s

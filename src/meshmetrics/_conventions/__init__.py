@@ -1,0 +1,1 @@
+"""Conventions registries: reading them, and what is generated from them."""

@@ -1,0 +1,540 @@
+"""Read and check a conventions registry: meshmetrics' own, or a plugin of a team's own.
+
+A registry is YAML in the OpenTelemetry semantic-conventions ``groups:`` shape
+(attribute groups, and metric groups that reference attributes); meshmetrics'
+extras live under ``annotations.meshmetrics``. Every rule broken is a
+:class:`ConventionsError` with one line that names the file, the line, the
+key and the rule; nothing the YAML holds reaches a traceback.
+
+A plugin (``builtin=`` given) follows the same rules and three more: it may
+reference meshmetrics' attributes (``mesh.service``) but not redefine them,
+and names under ``mesh.`` and ``meshmetrics.`` are meshmetrics' own.
+
+PyYAML is needed to read a registry (``pip install 'meshmetrics[plugins]'``);
+nothing else in meshmetrics imports it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
+
+from meshmetrics._conventions.ucum import problem as unit_problem
+from meshmetrics._definitions import (
+    AttributeDefinition,
+    AttributeUse,
+    Conventions,
+    MetricDefinition,
+)
+from meshmetrics._errors import ConfigurationError
+
+KINDS = ("counter", "updowncounter", "histogram", "gauge")
+MULTIPROCESS_RULES = ("sum", "max", "min", "last", "worker")  # as meshmetrics._engine.workers.GAUGE_RULES
+POLICIES = ("enum", "bounded", "unbounded")
+MINIMAL_RULES = ("keep", "drop", "drop_on_histograms")
+LEVELS = ("required", "conditionally_required", "recommended", "opt_in")
+STABILITIES = ("development", "alpha", "beta", "release_candidate", "stable", "deprecated")
+COUNTERPART_SYSTEMS = ("otel", "envoy", "linkerd", "istio", "resilience4j", "grpc", "stamina")
+RESERVED_PREFIXES = ("mesh.", "meshmetrics.")
+DEFAULT_CARDINALITY_LIMIT = 2000
+MAX_CARDINALITY_LIMIT = 1_000_000
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+_METHOD = re.compile(r"^[a-z][a-z0-9_]*$")
+_ATTRIBUTE_EXTRAS = ("policy", "limit", "minimal")
+_METRIC_EXTRAS = (
+    "facade",
+    "method",
+    "buckets",
+    "buckets_reason",
+    "cardinality_limit",
+    "multiprocess",
+    "multiprocess_reason",
+    "counterparts",
+)
+
+
+class ConventionsError(ConfigurationError):
+    """A conventions registry breaks a rule: ``file:line: where: rule``, on one line."""
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping that remembers where it and each of its keys stand."""
+
+    line = 0
+    key_lines: dict[str, int]
+
+
+class _List(list[Any]):
+    """A YAML sequence that remembers where it stands."""
+
+    line = 0
+
+
+def _parse(text: str, source: str) -> Any:
+    try:
+        import yaml  # noqa: PLC0415 - optional: only reading a registry needs it
+    except ImportError as missing:
+        raise ConventionsError(
+            f"{source}: reading a conventions file needs PyYAML; install meshmetrics[plugins]"
+        ) from missing
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader whose mappings and sequences carry their line numbers."""
+
+    def mapping(loader: Loader, node: yaml.MappingNode) -> _Map:
+        loader.flatten_mapping(node)
+        result = _Map()
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise ConventionsError(
+                    f"{source}:{key_node.start_mark.line + 1}: key {key!r}: keys must be strings"
+                )
+            if key in result:
+                raise ConventionsError(
+                    f"{source}:{key_node.start_mark.line + 1}: key {key!r}: given twice in one mapping"
+                )
+            result[key] = loader.construct_object(value_node, deep=True)
+            result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+    def sequence(loader: Loader, node: yaml.SequenceNode) -> _List:
+        result = _List(loader.construct_object(child, deep=True) for child in node.value)
+        result.line = node.start_mark.line + 1
+        return result
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = " ".join(str(error.problem or error.context or "invalid").split())
+        raise ConventionsError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as error:
+        raise ConventionsError(f"{source}: YAML error: {' '.join(str(error).split())}") from None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A checked registry, in the shapes its generators read.
+
+    ``attributes`` holds every attribute its metrics use, in declaration
+    order; those of another registry (a plugin's ``mesh.service``) have
+    ``defined_here`` false. ``metrics`` holds each metric's documentation and
+    definition fields.
+    """
+
+    source: str
+    attributes: dict[str, dict[str, Any]]
+    metrics: list[dict[str, Any]]
+
+    def conventions(self) -> Conventions:
+        """The typed definitions the runtime and generated code use (own attributes only)."""
+        attributes = {
+            key: attribute_definition(attribute)
+            for key, attribute in self.attributes.items()
+            if attribute["defined_here"]
+        }
+        metrics = {metric["name"]: metric_definition(metric) for metric in self.metrics}
+        return Conventions(self.source, attributes, metrics)
+
+
+def attribute_definition(attribute: dict[str, Any]) -> AttributeDefinition:
+    return AttributeDefinition(
+        key=attribute["key"],
+        type=attribute["type"],
+        brief=attribute["brief"],
+        stability=attribute["stability"],
+        policy=attribute["policy"],
+        limit=attribute["limit"],
+        allowed_values=tuple(attribute["allowed_values"]),
+        minimal=attribute["minimal"],
+    )
+
+
+def metric_definition(metric: dict[str, Any]) -> MetricDefinition:
+    return MetricDefinition(
+        name=metric["name"],
+        instrument=metric["instrument"],
+        unit=metric["unit"],
+        brief=metric["brief"],
+        stability=metric["stability"],
+        attributes=tuple(
+            AttributeUse(use["key"], use["requirement_level"], use["condition"])
+            for use in metric["attributes"]
+        ),
+        facade=metric["facade"],
+        prometheus_name=metric["prometheus_name"],
+        buckets=tuple(metric["buckets"]),
+        cardinality_limit=metric["cardinality_limit"],
+        multiprocess=metric["multiprocess"],
+        counterparts=tuple(metric["counterparts"]),
+    )
+
+
+def _documented(definition: AttributeDefinition) -> dict[str, Any]:
+    return {
+        "key": definition.key,
+        "type": definition.type,
+        "brief": definition.brief,
+        "stability": definition.stability,
+        "policy": definition.policy,
+        "limit": definition.limit,
+        "allowed_values": list(definition.allowed_values),
+        "minimal": definition.minimal,
+        "defined_here": False,
+    }
+
+
+def load(path: str | PathLike[str], *, builtin: Conventions | None = None) -> Registry:
+    """Read and check the registry at ``path``; a plugin when ``builtin`` (meshmetrics' own) is given."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ConventionsError(f"{source}: cannot read the conventions file ({reason})") from None
+    return load_text(text, source, builtin=builtin)
+
+
+def load_text(text: str, source: str, *, builtin: Conventions | None = None) -> Registry:
+    """Check registry ``text`` read from ``source`` (named in every error)."""
+    return _Checker(source, builtin).registry(_parse(text, source))
+
+
+class _Checker:
+    """Walks one document, keeping what it needs to name a broken rule's place."""
+
+    def __init__(self, source: str, builtin: Conventions | None) -> None:
+        self.source = source
+        self.builtin = builtin
+
+    def fail(self, line: int, where: str, rule: str) -> ConventionsError:
+        return ConventionsError(f"{self.source}:{line}: {where}: {rule}")
+
+    def field(self, mapping: _Map, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+        """``mapping[key]``, which must be there and of ``kind``."""
+        if key not in mapping:
+            raise self.fail(mapping.line, where, f"missing key {key!r}")
+        value = mapping[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            wanted = " or ".join(_type_name(k) for k in _kinds(kind))
+            raise self.fail(self.line_of(mapping, key), f"{where} {key}", f"must be {wanted}, not {value!r}")
+        return value
+
+    def line_of(self, mapping: _Map, key: str) -> int:
+        return mapping.key_lines.get(key, mapping.line)
+
+    def text(self, mapping: _Map, key: str, where: str, default: str | None = None) -> str:
+        if default is not None and key not in mapping:
+            return default
+        value = mapping.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "unit":
+            return str(value)  # `unit: 1` written without quotes
+        return " ".join(str(self.field(mapping, key, where)).split())
+
+    def extras(self, raw: _Map, where: str, allowed: tuple[str, ...]) -> _Map:
+        """``annotations.meshmetrics`` of ``raw``, whose keys must all be known."""
+        annotations = raw.get("annotations")
+        if annotations is None:
+            return _Map()
+        if not isinstance(annotations, _Map):
+            raise self.fail(self.line_of(raw, "annotations"), f"{where} annotations", "must be a mapping")
+        extra = annotations.get("meshmetrics")
+        if extra is None:
+            return _Map()
+        if not isinstance(extra, _Map):
+            line = self.line_of(annotations, "meshmetrics")
+            raise self.fail(line, f"{where} annotations.meshmetrics", "must be a mapping")
+        for key in extra:
+            if key not in allowed:
+                raise self.fail(
+                    self.line_of(extra, key),
+                    f"{where} annotations.meshmetrics.{key}",
+                    f"unknown key; allowed: {', '.join(allowed)}",
+                )
+        return extra
+
+    def choice(self, mapping: _Map, key: str, where: str, allowed: tuple[str, ...], default: str = "") -> str:
+        if key not in mapping and default:
+            return default
+        value = self.field(mapping, key, where)
+        if value not in allowed:
+            raise self.fail(
+                self.line_of(mapping, key), f"{where} {key}", f"{value!r} is not one of {', '.join(allowed)}"
+            )
+        return str(value)
+
+    # The document.
+    def registry(self, document: Any) -> Registry:
+        if not isinstance(document, _Map):
+            raise self.fail(
+                getattr(document, "line", 1), "document", "must be a mapping with a 'groups' list"
+            )
+        groups = self.field(document, "groups", "document", _List)
+        own: dict[str, dict[str, Any]] = {}
+        raw_metrics: list[_Map] = []
+        for index, group in enumerate(groups):
+            where = f"groups[{index}]"
+            if not isinstance(group, _Map):
+                raise self.fail(groups.line, where, "must be a mapping")
+            kind = self.choice(group, "type", where, ("attribute_group", "metric"))
+            self.field(group, "id", where)
+            if kind == "attribute_group":
+                self.attribute_group(group, where, own)
+            else:
+                raw_metrics.append(group)
+        used: dict[str, dict[str, Any]] = dict(own)
+        metrics: list[dict[str, Any]] = []
+        for raw in raw_metrics:
+            metric = self.metric(raw, own, used)
+            if any(m["name"] == metric["name"] for m in metrics):
+                raise self.fail(raw.line, f"metric {metric['name']!r}", "is declared twice")
+            metrics.append(metric)
+        exposed: dict[str, str] = {}
+        for metric, raw in zip(metrics, raw_metrics, strict=True):
+            other = exposed.setdefault(metric["prometheus_name"], metric["name"])
+            if other != metric["name"]:
+                rule = f"its Prometheus name {metric['prometheus_name']!r} is also {other!r}'s"
+                raise self.fail(raw.line, f"metric {metric['name']!r}", rule)
+        return Registry(self.source, used, metrics)
+
+    def attribute_group(self, group: _Map, where: str, own: dict[str, dict[str, Any]]) -> None:
+        attributes = self.field(group, "attributes", f"{where} ({group['id']})", _List)
+        for position, raw in enumerate(attributes):
+            if not isinstance(raw, _Map):
+                raise self.fail(attributes.line, f"{where}.attributes[{position}]", "must be a mapping")
+            attribute = self.attribute(raw)
+            if attribute["key"] in own:
+                raise self.fail(raw.line, f"attribute {attribute['key']!r}", "is defined twice")
+            own[attribute["key"]] = attribute
+
+    def attribute(self, raw: _Map) -> dict[str, Any]:
+        key = self.field(raw, "id", "attribute")
+        where = f"attribute {key!r}"
+        self.own_name(key, raw, where, "attribute")
+        extra = self.extras(raw, where, _ATTRIBUTE_EXTRAS)
+        at = f"{where} annotations.meshmetrics"
+        policy = self.choice(extra, "policy", at, POLICIES)
+        kind, allowed = self.attribute_type(raw, where)
+        if (kind == "enum") != (policy == "enum"):
+            rule = "an enum attribute (members:) takes policy: enum, and only an enum does"
+            raise self.fail(self.line_of(extra, "policy"), where, rule)
+        limit = 0
+        if policy == "bounded":
+            limit = self.field(extra, "limit", at, int)
+            if not 1 <= limit <= MAX_CARDINALITY_LIMIT:
+                rule = f"must be within 1 .. {MAX_CARDINALITY_LIMIT}"
+                raise self.fail(self.line_of(extra, "limit"), f"{where} limit", rule)
+        return {
+            "key": key,
+            "type": kind,
+            "brief": self.text(raw, "brief", where),
+            "stability": self.choice(raw, "stability", where, STABILITIES),
+            "policy": policy,
+            "limit": limit,
+            "allowed_values": allowed,
+            "minimal": self.choice(extra, "minimal", at, MINIMAL_RULES, "keep"),
+            "defined_here": True,
+        }
+
+    def own_name(self, name: str, raw: _Map, where: str, what: str) -> None:
+        """Check that ``name`` is well formed and, in a plugin, its own."""
+        line = self.line_of(raw, "id" if what == "attribute" else "metric_name")
+        if not _NAME.match(name) and not (self.builtin is None and "." in name):
+            raise self.fail(line, where, f"must be dotted lower-case words, e.g. 'acme.cache.{what}'")
+        if self.builtin is not None and name in self.builtin.attributes:
+            rule = f"is meshmetrics' own attribute; a plugin references it (ref: {name}), never redefines it"
+            raise self.fail(line, where, rule)
+        if self.builtin is not None and name.startswith(RESERVED_PREFIXES):
+            rule = (
+                f"names under {' and '.join(RESERVED_PREFIXES)} are meshmetrics' own; use your own namespace"
+            )
+            raise self.fail(line, where, rule)
+
+    def attribute_type(self, raw: _Map, where: str) -> tuple[str, list[str]]:
+        """``string`` or ``enum``, and an enum's values."""
+        kind = raw.get("type")
+        if not isinstance(kind, _Map):
+            if kind != "string":
+                rule = "must be string or an enum (members:)"
+                raise self.fail(self.line_of(raw, "type"), f"{where} type", rule)
+            return "string", []
+        members = self.field(kind, "members", f"{where} type", _List)
+        allowed: list[str] = []
+        for member in members:
+            if not isinstance(member, _Map) or "value" not in member:
+                raise self.fail(members.line, f"{where} type.members", "each member needs a 'value'")
+            allowed.append(str(member["value"]))
+        if len(set(allowed)) != len(allowed):
+            raise self.fail(members.line, f"{where} type.members", "a value is listed twice")
+        return "enum", allowed
+
+    def metric(
+        self, raw: _Map, own: dict[str, dict[str, Any]], used: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        name = self.field(raw, "metric_name", f"metric group {raw.get('id')!r}")
+        where = f"metric {name!r}"
+        self.own_name(name, raw, where, "metric")
+        if raw["id"] != f"metric.{name}":
+            raise self.fail(self.line_of(raw, "id"), f"{where} id", f"must be 'metric.{name}'")
+        kind = self.choice(raw, "instrument", where, KINDS)
+        unit = self.text(raw, "unit", where)
+        broken = unit_problem(unit)
+        if broken:
+            raise self.fail(self.line_of(raw, "unit"), f"{where} unit {unit!r}", broken)
+        extra = self.extras(raw, where, _METRIC_EXTRAS)
+        at = f"{where} annotations.meshmetrics"
+        return {
+            "name": name,
+            "instrument": kind,
+            "unit": unit,
+            "brief": self.text(raw, "brief", where),
+            "note": self.text(raw, "note", where, default=""),
+            "stability": self.choice(raw, "stability", where, STABILITIES),
+            "attributes": self.uses(raw, where, own, used),
+            **self.facade(extra, at),
+            "buckets": self.buckets(extra, at, kind),
+            "buckets_reason": self.text(extra, "buckets_reason", at, default=""),
+            "cardinality_limit": self.cardinality_limit(extra, at),
+            "multiprocess": self.multiprocess(extra, at, kind),
+            "multiprocess_reason": self.text(extra, "multiprocess_reason", at, default=""),
+            "counterparts": self.counterparts(extra, at),
+            "prometheus_name": prometheus_name(name, kind, unit),
+        }
+
+    def facade(self, extra: _Map, at: str) -> dict[str, str]:
+        """The facade class that records the metric, and (a plugin's) the method's name."""
+        facade = self.text(extra, "facade", at, default="" if self.builtin is None else None)
+        if self.builtin is not None and not _CLASS.match(facade):
+            rule = "must be a class name, e.g. CacheMetrics"
+            raise self.fail(self.line_of(extra, "facade"), f"{at}.facade", rule)
+        method = self.text(extra, "method", at, default="")
+        if method and not _METHOD.match(method):
+            rule = "must be a lower-case method name"
+            raise self.fail(self.line_of(extra, "method"), f"{at}.method", rule)
+        return {"facade": facade, "method": method}
+
+    def cardinality_limit(self, extra: _Map, at: str) -> int:
+        limit = extra.get("cardinality_limit", DEFAULT_CARDINALITY_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CARDINALITY_LIMIT:
+            rule = f"must be an integer within 1 .. {MAX_CARDINALITY_LIMIT}"
+            raise self.fail(self.line_of(extra, "cardinality_limit"), f"{at}.cardinality_limit", rule)
+        return limit
+
+    def multiprocess(self, extra: _Map, at: str, kind: str) -> str:
+        if kind == "gauge":
+            return self.choice(extra, "multiprocess", at, MULTIPROCESS_RULES)
+        if "multiprocess" in extra:
+            rule = "only gauges take a multiprocess rule (sums add up)"
+            raise self.fail(self.line_of(extra, "multiprocess"), at, rule)
+        return ""
+
+    def counterparts(self, extra: _Map, at: str) -> list[tuple[str, str]]:
+        counterparts = extra.get("counterparts") or _Map()
+        if not isinstance(counterparts, _Map):
+            raise self.fail(self.line_of(extra, "counterparts"), f"{at}.counterparts", "must be a mapping")
+        for system in counterparts:
+            if system not in COUNTERPART_SYSTEMS:
+                rule = f"unknown system {system!r}; allowed: {', '.join(COUNTERPART_SYSTEMS)}"
+                raise self.fail(self.line_of(counterparts, system), f"{at}.counterparts", rule)
+        return [
+            (system, str(counterparts[system])) for system in COUNTERPART_SYSTEMS if system in counterparts
+        ]
+
+    def buckets(self, extra: _Map, where: str, kind: str) -> list[float]:
+        if "buckets" not in extra:
+            if kind == "histogram":
+                raise self.fail(extra.line, where, "a histogram needs bucket advice (buckets: [...])")
+            return []
+        line = self.line_of(extra, "buckets")
+        if kind != "histogram":
+            raise self.fail(line, f"{where}.buckets", "only histograms take buckets")
+        raw = extra["buckets"]
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(line, f"{where}.buckets", "must be a non-empty list of numbers")
+        buckets: list[float] = []
+        for bound in raw:
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:  # noqa: PLR0124
+                raise self.fail(line, f"{where}.buckets", f"{bound!r} is not a number")
+            if buckets and bound <= buckets[-1]:
+                rule = f"must be strictly increasing ({bound:g} after {buckets[-1]:g})"
+                raise self.fail(line, f"{where}.buckets", rule)
+            buckets.append(float(bound))
+        if buckets[-1] == float("inf"):
+            raise self.fail(line, f"{where}.buckets", "leave +Inf out: every histogram has it")
+        return buckets
+
+    def uses(
+        self, raw: _Map, where: str, own: dict[str, dict[str, Any]], used: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        listed = raw.get("attributes") or _List()
+        if not isinstance(listed, _List):
+            raise self.fail(self.line_of(raw, "attributes"), f"{where} attributes", "must be a list")
+        uses: list[dict[str, Any]] = []
+        for use in listed:
+            if not isinstance(use, _Map):
+                raise self.fail(
+                    listed.line, f"{where} attributes", "each entry is {ref: ..., requirement_level: ...}"
+                )
+            key = self.field(use, "ref", f"{where} attributes")
+            if key not in own:
+                known = self.builtin.attributes.get(key) if self.builtin is not None else None
+                if known is None:
+                    raise self.fail(use.line, f"{where} attributes", f"attribute {key!r} is not defined")
+                used.setdefault(key, _documented(known))
+            if any(u["key"] == key for u in uses):
+                raise self.fail(use.line, f"{where} attributes", f"attribute {key!r} is listed twice")
+            level = self.field(use, "requirement_level", f"{where} attribute {key}", (str, dict))
+            condition = ""
+            if isinstance(level, dict):
+                if len(level) != 1:
+                    raise self.fail(
+                        use.line, f"{where} attribute {key}", "one requirement level, with its condition"
+                    )
+                ((level, condition),) = level.items()
+            if level not in LEVELS:
+                rule = f"requirement level {level!r} is not one of {', '.join(LEVELS)}"
+                raise self.fail(use.line, f"{where} attribute {key}", rule)
+            uses.append(
+                {"key": key, "requirement_level": level, "condition": " ".join(str(condition).split())}
+            )
+        return uses
+
+
+def prometheus_name(name: str, kind: str, unit: str) -> str:
+    """The name the Prometheus exposition gives a metric: unit suffix, and ``_total`` on counters."""
+    # Mirrors the OpenTelemetry Prometheus exporter's naming, as meshmetrics' exposition does;
+    # a test checks it against real exposition output.
+    base = sanitize_full_name(name)
+    suffix = map_unit(unit)
+    if suffix and not base.endswith("_" + suffix):
+        base = f"{base}_{suffix}"
+    if kind == "counter":
+        base += "_total"
+    return base
+
+
+def prometheus_label(key: str) -> str:
+    """Prometheus label name of an attribute key (``mesh.lb.strategy`` -> ``mesh_lb_strategy``)."""
+    return str(sanitize_full_name(key))
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", dict: "a mapping", _Map: "a mapping", _List: "a list"}.get(
+        kind, kind.__name__
+    )

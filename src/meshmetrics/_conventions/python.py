@@ -1,0 +1,357 @@
+"""Python generated from a registry: meshmetrics' ``semconv`` module, and a plugin's facades.
+
+Both carry the same constants and definitions (``ATTR_*``, ``METRIC_*``, one
+class per enum attribute, ``ATTRIBUTES``, ``METRICS``, ``CONVENTIONS``); a
+plugin's module adds one facade class per declared ``facade``, one method
+per instrument, with a typed keyword argument per attribute.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from meshmetrics._conventions.loader import Registry
+
+MAX_COUNT = 2**53  # as meshmetrics._policy.core.MAX_COUNT: exact in a double and an int64
+_WIDTH = 110  # the line length of the generated code
+_TIME_UNITS = frozenset({"s", "ms", "us", "ns", "min", "h", "d"})
+
+
+def constant(name: str) -> str:
+    """``mesh.lb.request.duration`` -> ``MESH_LB_REQUEST_DURATION``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def enum_class(key: str) -> str:
+    """``mesh.circuit_breaker.state`` -> ``MeshCircuitBreakerStateValues``."""
+    return "".join(part.capitalize() for part in re.split(r"[._]", key)) + "Values"
+
+
+def _own(registry: Registry) -> dict[str, dict[str, Any]]:
+    return {key: a for key, a in registry.attributes.items() if a["defined_here"]}
+
+
+def definitions(registry: Registry, source: str) -> list[str]:
+    """Constants, enum classes and the typed definitions of ``registry`` (declared at ``source``)."""
+    attributes = _own(registry)
+    metrics = registry.metrics
+    out = ["# Attribute keys."]
+    out.extend(f'ATTR_{constant(key)}: Final = "{key}"' for key in attributes)
+    out += ["", "# Metric names."]
+    out.extend(f'METRIC_{constant(metric["name"])}: Final = "{metric["name"]}"' for metric in metrics)
+    out.append("")
+    for key, attribute in attributes.items():
+        if attribute["type"] != "enum":
+            continue
+        out += ["", f"class {enum_class(key)}:", f'    """Allowed values of ``{key}``."""', ""]
+        for value in attribute["allowed_values"]:
+            member = "OTHER" if value == "_OTHER" else constant(value)
+            if member[0].isdigit():
+                member = f"ATTEMPT_{member}"
+            out.append(f'    {member}: Final = "{value}"')
+        out.append("")
+    out += ["", "ATTRIBUTES: Final[dict[str, AttributeDefinition]] = {"]
+    for key, attribute in attributes.items():
+        out += [
+            f'    "{key}": AttributeDefinition(',
+            f'        key="{key}",',
+            f'        type="{attribute["type"]}",',
+            f"        brief={attribute['brief']!r},",
+            f'        stability="{attribute["stability"]}",',
+            f'        policy="{attribute["policy"]}",',
+            f"        limit={attribute['limit']},",
+            f"        allowed_values={tuple(attribute['allowed_values'])!r},",
+            *([f'        minimal="{attribute["minimal"]}",'] if attribute["minimal"] != "keep" else []),
+            "    ),",
+        ]
+    out += ["}", "", "METRICS: Final[dict[str, MetricDefinition]] = {"]
+    for metric in metrics:
+        uses = ", ".join(
+            f'AttributeUse("{use["key"]}", "{use["requirement_level"]}", {use["condition"]!r})'
+            for use in metric["attributes"]
+        )
+        out += [
+            f'    "{metric["name"]}": MetricDefinition(',
+            f'        name="{metric["name"]}",',
+            f'        instrument="{metric["instrument"]}",',
+            f'        unit="{metric["unit"]}",',
+            f"        brief={metric['brief']!r},",
+            f'        stability="{metric["stability"]}",',
+            f"        attributes=({uses}{',' if uses else ''}),",
+            f'        facade="{metric["facade"]}",',
+            f'        prometheus_name="{metric["prometheus_name"]}",',
+            f"        buckets={tuple(metric['buckets'])!r},",
+            f"        cardinality_limit={metric['cardinality_limit']},",
+            *([f'        multiprocess="{metric["multiprocess"]}",'] if metric["multiprocess"] else []),
+            f"        counterparts={tuple(metric['counterparts'])!r},",
+            "    ),",
+        ]
+    out += [
+        "}",
+        "",
+        f"CONVENTIONS: Final = Conventions({source!r}, ATTRIBUTES, METRICS)",
+        '"""This registry\'s definitions, as one unit."""',
+        "",
+    ]
+    return out
+
+
+def prometheus_samples(metric: dict[str, Any]) -> tuple[str, ...]:
+    """Sample names a metric exposes: a histogram's _bucket, _sum and _count, else its name."""
+    name = metric["prometheus_name"]
+    if metric["instrument"] == "histogram":
+        return (f"{name}_bucket", f"{name}_sum", f"{name}_count")
+    return (name,)
+
+
+def render_semconv(registry: Registry) -> str:
+    """Meshmetrics' ``semconv`` module."""
+    from meshmetrics._conventions.loader import prometheus_label  # noqa: PLC0415 - keeps the import list short
+
+    metrics = registry.metrics
+    out = [
+        '"""Semantic conventions of meshmetrics: metric and attribute names, generated.',
+        "",
+        "Generated by ``tools/gen_conventions.py`` from ``conventions/registry.yaml``.",
+        "Do not edit by hand: run ``make conventions``.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import Final",
+        "",
+        "from meshmetrics._definitions import (",
+        "    AttributeDefinition,",
+        "    AttributeUse,",
+        "    Conventions,",
+        "    MetricDefinition,",
+        ")",
+        "",
+        *definitions(registry, "meshmetrics"),
+        "# Prometheus exposition: the metric's base name, every sample name it exposes,",
+        "# and each attribute's label name. Dashboards, rules and `meshmetrics top` use these.",
+        "PROMETHEUS_NAMES: Final[dict[str, str]] = {",
+    ]
+    out.extend(f'    "{metric["name"]}": "{metric["prometheus_name"]}",' for metric in metrics)
+    out += ["}", "", "PROMETHEUS_SAMPLES: Final[dict[str, tuple[str, ...]]] = {"]
+    for metric in metrics:
+        samples = ", ".join(f'"{sample}"' for sample in prometheus_samples(metric))
+        comma = "," if len(prometheus_samples(metric)) == 1 else ""
+        out.append(f'    "{metric["name"]}": ({samples}{comma}),')
+    out += ["}", "", "PROMETHEUS_LABELS: Final[dict[str, str]] = {"]
+    out.extend(f'    "{key}": "{prometheus_label(key)}",' for key in registry.attributes)
+    out += ["}", ""]
+    return "\n".join(out)
+
+
+# A plugin's facades.
+
+
+def _method_name(metric: dict[str, Any]) -> str:
+    """The declared ``method``, else the kind's verb and the name after its namespace."""
+    if metric["method"]:
+        return str(metric["method"])
+    verb = {"counter": "count", "updowncounter": "add", "histogram": "record", "gauge": "set"}
+    tail = metric["name"].split(".", 1)[1].replace(".", "_")
+    return f"{verb[metric['instrument']]}_{tail}"
+
+
+def _value_parameter(metric: dict[str, Any]) -> str:
+    if metric["instrument"] in ("counter", "updowncounter"):
+        return "amount"
+    return {"s": "seconds", "ms": "milliseconds", "By": "size"}.get(metric["unit"], "value")
+
+
+def _parameters(metric: dict[str, Any]) -> dict[str, str]:
+    """Attribute key -> keyword: its last word, or its whole name where last words collide."""
+    keys = [use["key"] for use in metric["attributes"]]
+    taken = {_value_parameter(metric), "self"}
+    names: dict[str, str] = {}
+    for key in keys:
+        short = "error" if key == "error.type" else key.rsplit(".", 1)[-1]
+        clash = short in taken or sum(k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] for k in keys) > 1
+        name = re.sub(r"\W", "_", key) if clash else short
+        if keyword.iskeyword(name) or name in ("type", "id", "format", "object"):
+            name = re.sub(r"\W", "_", key)
+        names[key] = name
+        taken.add(name)
+    return names
+
+
+def _method(metric: dict[str, Any], attributes: dict[str, dict[str, Any]], variable: str) -> list[str]:
+    names = _parameters(metric)
+    required = [use for use in metric["attributes"] if use["requirement_level"] == "required"]
+    optional = [use for use in metric["attributes"] if use["requirement_level"] != "required"]
+    kind = metric["instrument"]
+    value = _value_parameter(metric)
+
+    def annotation(key: str) -> str:
+        return "object" if key == "error.type" else "str"
+
+    parameters = [f"{names[use['key']]}: {annotation(use['key'])}" for use in required]
+    if kind in ("counter", "updowncounter"):
+        parameters.append(f"{value}: float = 1")
+    else:
+        parameters.append(f"{value}: float")
+    if optional:
+        parameters.append("*")
+        parameters += [f"{names[use['key']]}: {annotation(use['key'])} | None = None" for use in optional]
+    values = ", ".join(
+        f"error_type({names[use['key']]})" if use["key"] == "error.type" else names[use["key"]]
+        for use in metric["attributes"]
+    )
+    values = f"({values}{',' if len(metric['attributes']) == 1 else ''})"
+    verb = {
+        "counter": "Add ``amount`` to",
+        "updowncounter": "Add ``amount`` (negative to subtract) to",
+        "histogram": f"Record ``{value}`` on",
+        "gauge": f"Set to ``{value}``:",
+    }[kind]
+    doc = [f'        """{verb} ``{metric["name"]}``.', ""]
+    doc += _wrap(f"{metric['brief']} Unit: ``{metric['unit']}``.", 8)
+    doc += ["", "        Args:"]
+    for use in (*required, *optional):
+        attribute = attributes[use["key"]]
+        described = attribute["brief"]
+        if attribute["type"] == "enum":
+            described += " One of: " + ", ".join(f"``{v}``" for v in attribute["allowed_values"]) + "."
+        if use["requirement_level"] != "required":
+            described += f" Optional ({use['requirement_level'].replace('_', ' ')}"
+            described += f": {use['condition']})." if use["condition"] else ")."
+        doc += _wrap(f"{names[use['key']]}: ``{use['key']}``. {described}", 12, hanging=4)
+    doc += _wrap(f"{value}: {_value_doc(metric)}", 12, hanging=4)
+    doc.append('        """')
+    one_line = f"    def {_method_name(metric)}(self, {', '.join(parameters)}) -> None:"
+    header = (
+        [one_line]
+        if len(one_line) <= _WIDTH
+        else [
+            f"    def {_method_name(metric)}(",
+            "        self,",
+            *(f"        {parameter}," if parameter != "*" else "        *," for parameter in parameters),
+            "    ) -> None:",
+        ]
+    )
+    body: list[str]
+    if kind in ("counter", "updowncounter"):
+        low = 0 if kind == "counter" else -MAX_COUNT
+        body = [
+            f"        if type({value}) is int and {low} <= {value} <= {MAX_COUNT}:  # no validator call",
+            f"            self._add({variable}, {value}, {values})",
+            "        else:",
+            f'            self._add_checked({variable}, "{value}", {value}, {values})',
+        ]
+    else:
+        validator = "duration" if metric["unit"] in _TIME_UNITS else "real"
+        body = [f'        self._measure({variable}, {validator}, "{value}", {value}, {values})']
+    return [*header, *doc, *body]
+
+
+def _value_doc(metric: dict[str, Any]) -> str:
+    kind, unit = metric["instrument"], metric["unit"]
+    if kind == "counter":
+        return f"How much to add, in ``{unit}`` (default 1); a finite number >= 0."
+    if kind == "updowncounter":
+        return f"How much to add, in ``{unit}`` (default 1); a finite number."
+    if unit in _TIME_UNITS:
+        return f"In ``{unit}``; a finite number >= 0."
+    return f"In ``{unit}``; a finite number."
+
+
+def _wrap(text: str, indent: int, *, first: str = "", hanging: int = 0) -> list[str]:
+    """``text`` as docstring lines within the line length, indented, later lines hanging further."""
+    return textwrap.wrap(
+        text,
+        _WIDTH,
+        initial_indent=" " * indent + first,
+        subsequent_indent=" " * (indent + hanging),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def render_plugin(registry: Registry, source: str, command: str) -> str:
+    """A plugin's module: its definitions and one facade class per declared ``facade``.
+
+    ``source`` names the registry as the module records it; ``command`` is
+    how to regenerate the module, quoted in its docstring.
+    """
+    facades: dict[str, list[dict[str, Any]]] = {}
+    for metric in registry.metrics:
+        facades.setdefault(metric["facade"], []).append(metric)
+    uses_error = any(use["key"] == "error.type" for m in registry.metrics for use in m["attributes"])
+    helpers = sorted(
+        {
+            "duration"
+            for m in registry.metrics
+            if m["instrument"] in ("histogram", "gauge") and m["unit"] in _TIME_UNITS
+        }
+        | {
+            "real"
+            for m in registry.metrics
+            if m["instrument"] in ("histogram", "gauge") and m["unit"] not in _TIME_UNITS
+        }
+        | ({"error_type"} if uses_error else set())
+    )
+    imported = "".join(
+        f"    {name},\n"
+        for name in [
+            "AttributeDefinition",
+            "AttributeUse",
+            "Conventions",
+            "MetricDefinition",
+            "PluginFacade",
+            *helpers,
+        ]
+    )
+    out = [
+        f'"""Metrics of ``{Path(source).name}``: names, definitions and typed facades, generated.',
+        "",
+        f"Generated by meshmetrics from ``{source}``; do not edit by hand.",
+        "Regenerate with::",
+        "",
+        f"    {command}",
+        "",
+        "and check that it is current (in CI) by adding ``--check``.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import Final",
+        "",
+        f"from meshmetrics.plugins import (\n{imported})",
+        "",
+        "__all__ = [" + ", ".join(f'"{name}"' for name in ("CONVENTIONS", *facades)) + "]",
+        "",
+        *definitions(registry, source),
+    ]
+    variables: dict[str, str] = {}
+    for metric in registry.metrics:
+        variables[metric["name"]] = f"_{constant(metric['name'].split('.', 1)[1])}"
+        out.append(f"{variables[metric['name']]} = METRICS[METRIC_{constant(metric['name'])}]")
+    for facade, metrics in facades.items():
+        names = ", ".join(f"``{m['name']}``" for m in metrics)
+        out += [
+            "",
+            "",
+            f"class {facade}(PluginFacade):",
+            *_wrap(f"Records {names}.", 4, first='"""'),
+            "",
+            "    Like meshmetrics' own facades: cheap, never raises in production mode (an",
+            "    invalid measurement is dropped, counted and logged), bounded by the",
+            "    registry's cardinality policies, and a no-op before ``configure()``.",
+            "    Pass ``meter_provider=`` to record to a provider of your own.",
+            '    """',
+            "",
+            "    __slots__ = ()",
+            "    conventions = CONVENTIONS",
+        ]
+        for metric in metrics:
+            out.append("")
+            out += _method(metric, registry.attributes, variables[metric["name"]])
+    out.append("")
+    return "\n".join(out)
