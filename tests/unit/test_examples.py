@@ -59,3 +59,18 @@ def test_breaker_library_examples():
         ), name
         rejected = [line for line in out.splitlines() if 'call_outcome="rejected"' in line]
         assert rejected and rejected[0].endswith(" 1.0"), (name, out)
+
+
+def test_plugin_example_counts_every_decision_of_its_limiter():
+    out = run_example("plugins/ratelimit/use_ratelimiter.py")
+    decisions = [line for line in out.splitlines() if line.startswith("ratelimit_decisions_total{")]
+    admitted = int(out.split("admitted ", 1)[1].split(" ", 1)[0])
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in decisions)
+    assert total == 40
+    refused = sum(
+        float(line.rsplit(" ", 1)[1]) for line in decisions if 'ratelimit_outcome="rejected"' in line
+    )
+    assert refused == 40 - admitted > 0  # 8 at once against 5 tokens: some are refused
+    assert any('ratelimit_client="tenant-2"' in line for line in decisions)
+    (waiting,) = [line for line in out.splitlines() if line.startswith("ratelimit_waiting{")]
+    assert waiting.endswith(" 0.0")  # nobody is left waiting
