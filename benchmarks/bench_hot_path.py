@@ -25,6 +25,10 @@ import meshmetrics
 from meshmetrics import LoadBalancerMetrics, RetryMetrics, ServiceMeshMetrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PLUGIN = Path(__file__).resolve().parent.parent / "examples" / "plugins" / "ratelimit"
+sys.path.insert(0, str(PLUGIN))
+from ratelimit_metrics import RateLimiterMetrics  # the example plugin's generated facade
+
 ATTRS = {"mesh.service": "api", "mesh.instance": "api-1", "mesh.lb.strategy": "round_robin"}
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 
@@ -116,8 +120,10 @@ def main() -> None:
         export_interval=3600,
         set_global=False,
         environ={},
+        conventions=[PLUGIN / "ratelimit.yaml"],
     ):
         lb, retry, mesh = LoadBalancerMetrics(), RetryMetrics(), ServiceMeshMetrics()
+        limiter = RateLimiterMetrics()
         cases = {
             "raw SDK counter.add (2 readers)": lambda: counter.add(1, ATTRS),
             "raw SDK histogram.record (2 readers)": lambda: histogram.record(0.15, ATTRS),
@@ -136,6 +142,8 @@ def main() -> None:
             "observe_request_duration": lambda: lb.observe_request_duration("api", "api-1", 0.15),
             "record_call_success": lambda: mesh.record_call_success("api", "get_user", 0.2),
             "record_delay": lambda: retry.record_delay("api", "get_user", 0.1),
+            "plugin counter: count_decision": lambda: limiter.count_decision("api", "search", "allowed"),
+            "plugin histogram: record_wait": lambda: limiter.record_wait("api", "search", "delayed", 0.15),
         }
         rows.update(measure(cases, calls, repeats))
         single = rows["record_request"]
@@ -180,6 +188,7 @@ def main() -> None:
         "observe_request_duration",
         "record_call_success",
         "record_delay",
+        "plugin histogram: record_wait",
         "observe_request_duration (SDK path)",
         "observe_request_duration, 8 threads (per call)",
         "prometheus_client labels(a, b).observe()",

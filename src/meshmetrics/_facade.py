@@ -148,7 +148,7 @@ class Facade:
             raise InvalidMeasurement(metric, "value", error, rule, "invalid_value") from error
         runtime.policy.internal_error(metric, error)
 
-    def _add(self, metric: MetricDefinition, amount: int, values: tuple[object, ...]) -> None:
+    def _add(self, metric: MetricDefinition, amount: float, values: tuple[object, ...]) -> None:
         # inlined _runtime(): this is the hot path; a forked child's first measurement builds its provider
         runtime = self._explicit or state.current or ensure_child_runtime()
         if runtime is None:

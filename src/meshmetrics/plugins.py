@@ -28,7 +28,7 @@ from meshmetrics._conventions.loader import load as _load
 from meshmetrics._definitions import AttributeDefinition, AttributeUse, Conventions, MetricDefinition
 from meshmetrics._engine.runtime import Runtime
 from meshmetrics._engine.series import Table
-from meshmetrics._facade import Facade, duration, error_type, real
+from meshmetrics._facade import Facade, duration, error_type, non_negative, real
 
 __all__ = [
     "AttributeDefinition",
@@ -40,6 +40,7 @@ __all__ = [
     "duration",
     "error_type",
     "load_conventions",
+    "non_negative",
     "real",
 ]
 

@@ -72,3 +72,9 @@ def test_the_check_catches_an_undocumented_option():
     assert mentioned("instrument_gadget", docs)
     assert not mentioned("instrument_gadge", docs)
     assert not mentioned("gadget_factory", docs)
+
+
+def test_every_name_of_the_plugins_module_is_documented():
+    import meshmetrics.plugins
+
+    assert [name for name in meshmetrics.plugins.__all__ if not mentioned(name)] == []

@@ -134,6 +134,8 @@ METRICS: Final[dict[str, MetricDefinition]] = {
 CONVENTIONS: Final = Conventions('examples/plugins/ratelimit/ratelimit.yaml', ATTRIBUTES, METRICS)
 """This registry's definitions, as one unit."""
 
+_ONE: Final = 1  # the default amount: one identity test, then no validator call
+
 _DECISIONS = METRICS[METRIC_RATELIMIT_DECISIONS]
 _TOKENS_REMAINING = METRICS[METRIC_RATELIMIT_TOKENS_REMAINING]
 _WAIT_DURATION = METRICS[METRIC_RATELIMIT_WAIT_DURATION]
@@ -175,7 +177,7 @@ class RateLimiterMetrics(PluginFacade):
                 by a budget. Optional (recommended).
             amount: How much to add, in ``{decision}`` (default 1); a finite number >= 0.
         """
-        if type(amount) is int and 0 <= amount <= 9007199254740992:  # no validator call
+        if amount is _ONE or type(amount) is int and 0 <= amount <= 9007199254740992:
             self._add(_DECISIONS, amount, (service, limiter, outcome, client))
         else:
             self._add_checked(_DECISIONS, "amount", amount, (service, limiter, outcome, client))
@@ -216,7 +218,7 @@ class RateLimiterMetrics(PluginFacade):
             limiter: ``ratelimit.limiter``. Name of the limiter (one per protected resource or route).
             amount: How much to add, in ``{request}`` (default 1); a finite number.
         """
-        if type(amount) is int and -9007199254740992 <= amount <= 9007199254740992:  # no validator call
+        if amount is _ONE or type(amount) is int and -9007199254740992 <= amount <= 9007199254740992:
             self._add(_WAITING, amount, (service, limiter))
         else:
             self._add_checked(_WAITING, "amount", amount, (service, limiter))

@@ -68,6 +68,7 @@ bucket = TokenBucket("search", capacity=5, rate=50.0, max_wait_s=0.05)
 with ThreadPoolExecutor(max_workers=8) as pool:
     admitted = sum(pool.map(lambda i: bucket.acquire("search-api", f"tenant-{i % 3}"), range(40)))
 print(f"admitted {admitted} of 40")
+assert handle.prometheus_url is not None
 text = urlopen(handle.prometheus_url).read().decode()
 shown = ("ratelimit_decisions_total", "ratelimit_tokens_remaining", "ratelimit_waiting")
 print("\n".join(line for line in text.splitlines() if line.startswith(shown)))

@@ -240,15 +240,22 @@ def _method(metric: dict[str, Any], attributes: dict[str, dict[str, Any]], varia
     if kind in ("counter", "updowncounter"):
         low = 0 if kind == "counter" else -MAX_COUNT
         body = [
-            f"        if type({value}) is int and {low} <= {value} <= {MAX_COUNT}:  # no validator call",
+            f"        if {value} is _ONE or type({value}) is int and {low} <= {value} <= {MAX_COUNT}:",
             f"            self._add({variable}, {value}, {values})",
             "        else:",
             f'            self._add_checked({variable}, "{value}", {value}, {values})',
         ]
     else:
-        validator = "duration" if metric["unit"] in _TIME_UNITS else "real"
+        validator = _validator(metric)
         body = [f'        self._measure({variable}, {validator}, "{value}", {value}, {values})']
     return [*header, *doc, *body]
+
+
+def _validator(metric: dict[str, Any]) -> str:
+    """The check of a recorded value: ``duration`` (seconds, with its fast path), >= 0 for time, or finite."""
+    if metric["unit"] == "s":
+        return "duration"
+    return "non_negative" if metric["unit"] in _TIME_UNITS else "real"
 
 
 def _value_doc(metric: dict[str, Any]) -> str:
@@ -285,16 +292,7 @@ def render_plugin(registry: Registry, source: str, command: str) -> str:
         facades.setdefault(metric["facade"], []).append(metric)
     uses_error = any(use["key"] == "error.type" for m in registry.metrics for use in m["attributes"])
     helpers = sorted(
-        {
-            "duration"
-            for m in registry.metrics
-            if m["instrument"] in ("histogram", "gauge") and m["unit"] in _TIME_UNITS
-        }
-        | {
-            "real"
-            for m in registry.metrics
-            if m["instrument"] in ("histogram", "gauge") and m["unit"] not in _TIME_UNITS
-        }
+        {_validator(m) for m in registry.metrics if m["instrument"] in ("histogram", "gauge")}
         | ({"error_type"} if uses_error else set())
     )
     imported = "".join(
@@ -330,6 +328,8 @@ def render_plugin(registry: Registry, source: str, command: str) -> str:
         *definitions(registry, source),
     ]
     variables: dict[str, str] = {}
+    if any(metric["instrument"] in ("counter", "updowncounter") for metric in registry.metrics):
+        out += ["_ONE: Final = 1  # the default amount: one identity test, then no validator call", ""]
     for metric in registry.metrics:
         variables[metric["name"]] = f"_{constant(metric['name'].split('.', 1)[1])}"
         out.append(f"{variables[metric['name']]} = METRICS[METRIC_{constant(metric['name'])}]")
