@@ -35,7 +35,7 @@ def add_seconds(
         return
     checked = _facade.duration(runtime.policy, metric.name, "seconds", seconds)
     if checked:  # nothing to add for zero, and no series created for it
-        facade._add(metric, checked, values)  # type: ignore[arg-type]  # noqa: SLF001 - amounts are floats
+        facade._add(metric, checked, values)  # noqa: SLF001 - a facade helper
 
 
 def _known_state(state: object) -> str | None:

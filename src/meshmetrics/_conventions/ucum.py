@@ -64,7 +64,7 @@ def problem(unit: str) -> str | None:
     """Why ``unit`` is not UCUM, or None when it is."""
     if not unit:
         return "is empty (a dimensionless count is '1', or an annotation such as '{request}')"
-    for term in re.split(r"[./]", unit):
+    for term in re.split(r"[./](?![^{}]*\})", unit):  # not a . or / inside an annotation
         match = _TERM.match(term)
         atom = match.group("unit") if match else None
         if match is None or (atom is not None and not _atom_ok(atom)):
