@@ -1,4 +1,4 @@
-"""Hostile values into every parameter of every public facade and tracker method.
+"""Hostile values into every parameter of every public facade and tracker method, a plugin's too.
 
 In strict mode nothing but ``InvalidMeasurement`` may come out; in production
 mode nothing at all. After each method's sweep the exposition parses and
@@ -10,12 +10,14 @@ Both paths: the fast path and the SDK path.
 from __future__ import annotations
 
 import decimal
+import importlib.util
 import inspect
 import math
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
@@ -151,14 +153,31 @@ CANDIDATES: dict[str, list[object]] = {
     "state": ["open", "healthy", "closed"],
     "previous_state": ["closed"],
     "initial_state": ["closed"],
-    "outcome": ["success"],
+    "outcome": ["success", "allowed"],
     "retries": [3],
+    # the example plugin's generated facade (examples/plugins/ratelimit)
+    "limiter": ["search"],
+    "client": ["tenant-1"],
+    "amount": [1],
+    "value": [1.0],
 }
+
+
+def _plugin_facade() -> type:
+    path = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "ratelimit" / "ratelimit_metrics.py"
+    spec = importlib.util.spec_from_file_location("ratelimit_metrics_hostile", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RateLimiterMetrics
+
+
 FACADES = [
     meshmetrics.LoadBalancerMetrics,
     meshmetrics.RetryMetrics,
     meshmetrics.ServiceMeshMetrics,
     meshmetrics.CircuitBreakerMetrics,
+    _plugin_facade(),  # adopted by each runtime on its first call: configure() is not told of it
 ]
 
 

@@ -16,6 +16,7 @@ nothing else in meshmetrics imports it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from os import PathLike
@@ -246,13 +247,16 @@ class _Checker:
     def extras(self, raw: _Map, where: str, allowed: tuple[str, ...]) -> _Map:
         """``annotations.meshmetrics`` of ``raw``, whose keys must all be known."""
         annotations = raw.get("annotations")
+        absent = _Map()  # a missing key in it is named at the line of what lacks it
+        absent.line, absent.key_lines = raw.line, {}
         if annotations is None:
-            return _Map()
+            return absent
         if not isinstance(annotations, _Map):
             raise self.fail(self.line_of(raw, "annotations"), f"{where} annotations", "must be a mapping")
         extra = annotations.get("meshmetrics")
         if extra is None:
-            return _Map()
+            absent.line = annotations.line
+            return absent
         if not isinstance(extra, _Map):
             line = self.line_of(annotations, "meshmetrics")
             raise self.fail(line, f"{where} annotations.meshmetrics", "must be a mapping")
@@ -434,6 +438,11 @@ class _Checker:
 
     def multiprocess(self, extra: _Map, at: str, kind: str) -> str:
         if kind == "gauge":
+            if "multiprocess" not in extra:
+                rule = (
+                    f"a gauge needs multiprocess: one of {', '.join(MULTIPROCESS_RULES)} (how workers merge)"
+                )
+                raise self.fail(extra.line, at, rule)
             return self.choice(extra, "multiprocess", at, MULTIPROCESS_RULES)
         if "multiprocess" in extra:
             rule = "only gauges take a multiprocess rule (sums add up)"
@@ -464,15 +473,16 @@ class _Checker:
         if not isinstance(raw, list) or not raw:
             raise self.fail(line, f"{where}.buckets", "must be a non-empty list of numbers")
         buckets: list[float] = []
-        for bound in raw:
-            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:  # noqa: PLR0124
-                raise self.fail(line, f"{where}.buckets", f"{bound!r} is not a number")
+        for raw_bound in raw:
+            bound = _finite(raw_bound)
+            if bound is None:
+                raise self.fail(
+                    line, f"{where}.buckets", f"{raw_bound!r} is not a finite number (+Inf is implied)"
+                )
             if buckets and bound <= buckets[-1]:
                 rule = f"must be strictly increasing ({bound:g} after {buckets[-1]:g})"
                 raise self.fail(line, f"{where}.buckets", rule)
-            buckets.append(float(bound))
-        if buckets[-1] == float("inf"):
-            raise self.fail(line, f"{where}.buckets", "leave +Inf out: every histogram has it")
+            buckets.append(bound)
         return buckets
 
     def uses(
@@ -528,6 +538,17 @@ def prometheus_name(name: str, kind: str, unit: str) -> str:
 def prometheus_label(key: str) -> str:
     """Prometheus label name of an attribute key (``mesh.lb.strategy`` -> ``mesh_lb_strategy``)."""
     return str(sanitize_full_name(key))
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None (not a number, a bool, NaN, infinite, beyond a double)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
