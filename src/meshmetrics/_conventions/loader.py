@@ -16,6 +16,7 @@ nothing else in meshmetrics imports it.
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ MAX_CARDINALITY_LIMIT = 1_000_000
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _METHOD = re.compile(r"^[a-z][a-z0-9_]*$")
+_VERBS = {"counter": "count", "updowncounter": "add", "histogram": "record", "gauge": "set"}
+# Names a generated module defines or imports: a facade or method may not take them.
+_TAKEN_NAMES = frozenset(
+    {"ATTRIBUTES", "METRICS", "CONVENTIONS", "Final", "PluginFacade", "Conventions", "MetricDefinition"}
+    | {"AttributeDefinition", "AttributeUse", "conventions", "duration", "real", "non_negative", "error_type"}
+)
 _ATTRIBUTE_EXTRAS = ("policy", "limit", "minimal")
 _METRIC_EXTRAS = (
     "facade",
@@ -305,13 +312,35 @@ class _Checker:
             if any(m["name"] == metric["name"] for m in metrics):
                 raise self.fail(raw.line, f"metric {metric['name']!r}", "is declared twice")
             metrics.append(metric)
-        exposed: dict[str, str] = {}
-        for metric, raw in zip(metrics, raw_metrics, strict=True):
-            other = exposed.setdefault(metric["prometheus_name"], metric["name"])
-            if other != metric["name"]:
-                rule = f"its Prometheus name {metric['prometheus_name']!r} is also {other!r}'s"
-                raise self.fail(raw.line, f"metric {metric['name']!r}", rule)
+        self.distinct(metrics, raw_metrics, own)
         return Registry(self.source, used, metrics)
+
+    def distinct(
+        self, metrics: list[dict[str, Any]], raw_metrics: list[_Map], own: dict[str, dict[str, Any]]
+    ) -> None:
+        """No two metrics share a Prometheus name, a Python name, or a facade method."""
+        taken: dict[tuple[str, str], str] = {}
+        for key in own:
+            other = taken.setdefault(("the Python name", _python_name(key)), key)
+            if other != key:
+                raise self.fail(
+                    own[key]["line"],
+                    f"attribute {key!r}",
+                    f"the Python name {_python_name(key)} is taken by {other!r}",
+                )
+        for metric, raw in zip(metrics, raw_metrics, strict=True):
+            name = metric["name"]
+            for what, value in (
+                ("the Prometheus name", metric["prometheus_name"]),
+                ("the Python name", _python_name(name)),
+                (f"the method of {metric['facade']}", metric["method"]),
+            ):
+                if value:
+                    other = taken.setdefault((what, value), name)
+                    if other != name:
+                        raise self.fail(
+                            raw.line, f"metric {name!r}", f"{what} {value!r} is taken by {other!r}"
+                        )
 
     def attribute_group(self, group: _Map, where: str, own: dict[str, dict[str, Any]]) -> None:
         attributes = self.field(group, "attributes", f"{where} ({group['id']})", _List)
@@ -350,6 +379,7 @@ class _Checker:
             "allowed_values": allowed,
             "minimal": self.choice(extra, "minimal", at, MINIMAL_RULES, "keep"),
             "defined_here": True,
+            "line": raw.line,
         }
 
     def own_name(self, name: str, raw: _Map, where: str, what: str) -> None:
@@ -379,7 +409,12 @@ class _Checker:
         for member in members:
             if not isinstance(member, _Map) or "value" not in member:
                 raise self.fail(members.line, f"{where} type.members", "each member needs a 'value'")
-            allowed.append(str(member["value"]))
+            value = str(member["value"])
+            if not value or not value.isprintable():
+                raise self.fail(
+                    members.line, f"{where} type.members", f"{value!r}: a value is printable, not empty"
+                )
+            allowed.append(value)
         if len(set(allowed)) != len(allowed):
             raise self.fail(members.line, f"{where} type.members", "a value is listed twice")
         return "enum", allowed
@@ -407,7 +442,7 @@ class _Checker:
             "note": self.text(raw, "note", where, default=""),
             "stability": self.choice(raw, "stability", where, STABILITIES),
             "attributes": self.uses(raw, where, own, used),
-            **self.facade(extra, at),
+            **self.facade(extra, at, name, kind),
             "buckets": self.buckets(extra, at, kind),
             "buckets_reason": self.text(extra, "buckets_reason", at, default=""),
             "cardinality_limit": self.cardinality_limit(extra, at),
@@ -417,16 +452,18 @@ class _Checker:
             "prometheus_name": prometheus_name(name, kind, unit),
         }
 
-    def facade(self, extra: _Map, at: str) -> dict[str, str]:
+    def facade(self, extra: _Map, at: str, name: str, kind: str) -> dict[str, str]:
         """The facade class that records the metric, and (a plugin's) the method's name."""
         facade = self.text(extra, "facade", at, default="" if self.builtin is None else None)
-        if self.builtin is not None and not _CLASS.match(facade):
-            rule = "must be a class name, e.g. CacheMetrics"
+        if self.builtin is not None and (not _CLASS.match(facade) or facade in _TAKEN_NAMES):
+            rule = "must be a class name of your own, e.g. CacheMetrics"
             raise self.fail(self.line_of(extra, "facade"), f"{at}.facade", rule)
         method = self.text(extra, "method", at, default="")
-        if method and not _METHOD.match(method):
-            rule = "must be a lower-case method name"
+        if method and (not _METHOD.match(method) or keyword.iskeyword(method) or method in _TAKEN_NAMES):
+            rule = "must be a lower-case method name that is not a Python keyword"
             raise self.fail(self.line_of(extra, "method"), f"{at}.method", rule)
+        if not method and self.builtin is not None:
+            method = f"{_VERBS[kind]}_{name.split('.', 1)[1].replace('.', '_')}"
         return {"facade": facade, "method": method}
 
     def cardinality_limit(self, extra: _Map, at: str) -> int:
@@ -538,6 +575,11 @@ def prometheus_name(name: str, kind: str, unit: str) -> str:
 def prometheus_label(key: str) -> str:
     """Prometheus label name of an attribute key (``mesh.lb.strategy`` -> ``mesh_lb_strategy``)."""
     return str(sanitize_full_name(key))
+
+
+def _python_name(name: str) -> str:
+    """The constant a generated module names ``name`` by (``acme.cache.hits`` -> ``ACME_CACHE_HITS``)."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def _finite(value: object) -> float | None:
