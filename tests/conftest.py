@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from urllib.request import urlopen
 
 import pytest
@@ -26,6 +29,15 @@ class Configured:
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Parsed Prometheus samples: (name, labels without scope labels) -> value."""
         return parse_samples(self.scrape())
+
+
+def import_path(path: Path, name: str) -> ModuleType:
+    """Import the Python file at ``path`` as module ``name`` (generated modules, tools)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

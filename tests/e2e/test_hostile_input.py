@@ -10,7 +10,6 @@ Both paths: the fast path and the SDK path.
 from __future__ import annotations
 
 import decimal
-import importlib.util
 import inspect
 import math
 import shutil
@@ -28,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import meshmetrics
 from meshmetrics import semconv
+from tests.conftest import import_path
 from tests.e2e.servers import require, rotel_receiver
 
 pytestmark = pytest.mark.e2e
@@ -165,11 +165,7 @@ CANDIDATES: dict[str, list[object]] = {
 
 def _plugin_facade() -> type:
     path = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "ratelimit" / "ratelimit_metrics.py"
-    spec = importlib.util.spec_from_file_location("ratelimit_metrics_hostile", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RateLimiterMetrics
+    return import_path(path, "ratelimit_metrics_hostile").RateLimiterMetrics
 
 
 FACADES = [

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 import meshmetrics
+from tests.conftest import import_path
 from tests.e2e.servers import free_port, prometheus_server, rotel_receiver
 
 pytestmark = pytest.mark.e2e
@@ -17,11 +17,7 @@ PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "ratelim
 
 
 def _facade() -> type:
-    spec = importlib.util.spec_from_file_location("ratelimit_metrics_e2e", PLUGIN / "ratelimit_metrics.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RateLimiterMetrics
+    return import_path(PLUGIN / "ratelimit_metrics.py", "ratelimit_metrics_e2e").RateLimiterMetrics
 
 
 def _record(limiter) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import textwrap
 from pathlib import Path
@@ -15,6 +14,7 @@ import meshmetrics
 from meshmetrics.__main__ import main
 from meshmetrics.plugins import ConventionsError, load_conventions
 from meshmetrics.testing import CapturedMetrics
+from tests.conftest import import_path
 
 REGISTRY = """\
 groups:
@@ -74,11 +74,7 @@ def _registry(
 def _generate(tmp_path: Path, registry: Path) -> ModuleType:
     output = tmp_path / "cache_metrics.py"
     assert main(["generate", str(registry), "--output", str(output)]) == 0
-    spec = importlib.util.spec_from_file_location(f"cache_metrics_{abs(hash(tmp_path))}", output)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_path(output, f"cache_metrics_{abs(hash(tmp_path))}")
 
 
 def test_a_brief_cannot_break_out_of_its_docstring(tmp_path):

@@ -7,7 +7,6 @@ text, never written down. The generated module is checked by mypy --strict and b
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
@@ -29,6 +28,7 @@ from meshmetrics.__main__ import main
 from meshmetrics._conventions import ucum
 from meshmetrics._conventions.loader import load
 from meshmetrics.plugins import ConventionsError
+from tests.conftest import import_path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "plugins" / "ratelimit" / "ratelimit.yaml"
@@ -522,10 +522,7 @@ def test_the_generated_module_passes_mypy_strict_and_types_its_arguments(tmp_pat
 
 
 def test_the_generated_methods_take_one_keyword_per_attribute_and_are_documented(tmp_path, generated):
-    spec = importlib.util.spec_from_file_location("plugin_loader_generated_metrics", generated)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_path(generated, "plugin_loader_generated_metrics")
     registry = load(tmp_path / "ratelimit.yaml", builtin=semconv.CONVENTIONS)
     facade = module.RateLimiterMetrics
     assert facade.__doc__

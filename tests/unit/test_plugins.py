@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from urllib.request import urlopen
 
 import pytest
@@ -17,22 +15,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import meshmetrics
 from meshmetrics._engine import runtime as _runtime
 from meshmetrics.testing import CapturedMetrics, capture
-from tests.conftest import parse_samples, sample
+from tests.conftest import import_path, parse_samples, sample
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "examples" / "plugins" / "ratelimit"
 YAML = PLUGIN / "ratelimit.yaml"
 
 
-def _generated() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ratelimit_metrics", PLUGIN / "ratelimit_metrics.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ratelimit = _generated()
+ratelimit = import_path(PLUGIN / "ratelimit_metrics.py", "ratelimit_metrics")
 RateLimiterMetrics = ratelimit.RateLimiterMetrics
 
 
