@@ -59,6 +59,23 @@ class MetricDefinition:
     """Multiprocess mode: how a gauge's values of several workers merge (``sum``, ``max``, ``min``,
     ``last``, ``worker``); counters and histograms are summed, up-down counters summed over live workers."""
     counterparts: tuple[tuple[str, str], ...] = field(default=())
+    key: str = field(default="", init=False, compare=False, repr=False)
+    """The name and a digest of the whole definition: how a runtime finds the metric's table, so a
+    generated module older than the registry ``configure()`` loaded finds none (and is refused)."""
+
+    def __post_init__(self) -> None:
+        """Derive :attr:`key` (in this process: the digest is ``hash``, salted per process)."""
+        object.__setattr__(self, "key", f"{self.name}#{hash(self) & 0xFFFFFFFFFFFF:012x}")
+
+    def exposed_names(self) -> tuple[str, ...]:
+        """Every name the Prometheus exposition may give its family and samples (OpenMetrics too)."""
+        name = self.prometheus_name
+        if self.instrument == "counter":
+            base = name.removesuffix("_total")
+            return (base, name, f"{base}_created")
+        if self.instrument == "histogram":
+            return (name, *(f"{name}_{suffix}" for suffix in ("bucket", "count", "sum", "created")))
+        return (name,)
 
     @property
     def attribute_keys(self) -> frozenset[str]:
@@ -111,6 +128,6 @@ def combine(registries: Iterable[Conventions]) -> Conventions:
             claim(f"attribute {key!r}", attributes.setdefault(key, attribute) == attribute, source)
         for name, metric in registry.metrics.items():
             claim(f"metric {name!r}", metrics.setdefault(name, metric) == metric, source)
-            prometheus = metric.prometheus_name
-            claim(f"Prometheus name {prometheus!r}", exposed.setdefault(prometheus, name) == name, source)
+            for prometheus in metric.exposed_names():
+                claim(f"Prometheus name {prometheus!r}", exposed.setdefault(prometheus, name) == name, source)
     return Conventions(" + ".join(dict.fromkeys(r.source for r in registries)), attributes, metrics)

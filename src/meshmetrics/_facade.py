@@ -113,17 +113,6 @@ def state_name(state: object) -> object:
         return Unclassifiable(cause)
 
 
-class StaleDefinitionError(Exception):
-    """A generated facade's metric differs from the definition the runtime holds."""
-
-    def __init__(self, metric: str) -> None:
-        """Name the metric and the fix."""
-        super().__init__(
-            f"{metric}: the generated facade's definition differs from the conventions configure() "
-            "loaded; regenerate it (python -m meshmetrics generate ...)"
-        )
-
-
 class Facade:
     """Base of the public facades: binds to a provider and records safely."""
 
@@ -155,16 +144,14 @@ class Facade:
             return
         try:
             try:
-                table = runtime.tables[metric.name]
+                table = runtime.by_key[metric.key]
             except KeyError:  # a plugin's metric that configure() was not given: adopted on first use
                 table = self._adopt(runtime, metric)
             series: Series | None
             try:  # Table.series_of, inlined: counters are the hottest calls
                 series = table.cache[values]
             except Exception:  # not cached yet, unhashable or hostile: the policy's way
-                series = (
-                    table.find(values) if table.definition is metric else self._find(table, metric, values)
-                )
+                series = table.find(values)
             if series is not None:
                 series.add(amount)
         except Exception as error:
@@ -181,13 +168,6 @@ class Facade:
     def _adopt(self, runtime: Runtime, metric: MetricDefinition) -> Table:  # noqa: ARG002 - a plugin uses it
         """The table of a metric the runtime does not know: only a plugin's facade brings one."""
         raise KeyError(metric.name)
-
-    def _find(self, table: Table, metric: MetricDefinition, values: tuple[object, ...]) -> Series | None:
-        """Find a series for a caller whose definition is not the table's own object."""
-        if table.definition != metric:
-            raise StaleDefinitionError(metric.name)
-        table.definition = metric  # equal: the next lookups take the identity test
-        return table.find(values)
 
     def _measure(
         self,
@@ -211,16 +191,14 @@ class Facade:
                     return
                 checked = validated
             try:
-                table = runtime.tables[metric.name]
+                table = runtime.by_key[metric.key]
             except KeyError:  # as in _add
                 table = self._adopt(runtime, metric)
             series: Series | None
             try:  # Table.series_of, inlined as in _add
                 series = table.cache[values]
             except Exception:  # not cached yet, unhashable or hostile: the policy's way
-                series = (
-                    table.find(values) if table.definition is metric else self._find(table, metric, values)
-                )
+                series = table.find(values)
             if series is None:
                 return
             if metric.instrument == "histogram":

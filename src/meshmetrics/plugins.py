@@ -57,8 +57,8 @@ class PluginFacade(Facade):
     """The registry the facade's metrics come from (the generated module's ``CONVENTIONS``)."""
 
     def _adopt(self, runtime: Runtime, metric: MetricDefinition) -> Table:
-        runtime.adopt(self.conventions)
-        return runtime.tables[metric.name]
+        runtime.adopt(self.conventions)  # refused when a name is already defined differently
+        return runtime.by_key[metric.key]
 
 
 def load_conventions(path: str | PathLike[str]) -> Conventions:

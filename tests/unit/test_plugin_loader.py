@@ -465,6 +465,53 @@ def test_generate_names_a_missing_registry(tmp_path, capsys):
     assert err.startswith(f"meshmetrics generate: {registry}: cannot read")
 
 
+def test_check_gives_the_same_answer_from_any_working_directory_and_with_fewer_outputs(
+    outputs, capsys, monkeypatch
+):
+    assert main(outputs.argv()) == 0
+    monkeypatch.chdir(outputs.output.parent)  # elsewhere, with paths of another form
+    relative = ["generate", os.path.relpath(outputs.registry), "--output", outputs.output.name, "--check"]
+    assert main(relative) == 0, capsys.readouterr().err
+    assert main(["generate", str(outputs.registry), "--rules", str(outputs.rules), "--check"]) == 0
+
+
+@pytest.mark.parametrize("where", ["a directory", "the registry"])
+def test_generate_refuses_an_output_it_cannot_or_must_not_write(outputs, capsys, where):
+    target = outputs.output.parent if where == "a directory" else outputs.registry
+    if where == "a directory":
+        target.mkdir(parents=True, exist_ok=True)
+    before = outputs.registry.read_text(encoding="utf-8")
+    assert main(["generate", str(outputs.registry), "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(target) in err
+    assert outputs.registry.read_text(encoding="utf-8") == before
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("groups: " + "[" * 400 + "]" * 400 + "\n", "nested too deeply"),
+        ("groups:\n  - id: " + "9" * 5000 + "\n", "YAML error: ValueError"),
+        ("\x00\x01binary", "YAML"),
+    ],
+    ids=["deep", "huge integer", "binary"],
+)
+def test_yaml_that_pyyaml_cannot_build_is_one_line_too(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    error = refused(conventions=[path])
+    assert isinstance(error, ConventionsError)
+    message = assert_one_line(error)
+    assert message.startswith(f"{path}")
+    assert words in message
+
+
+def test_a_path_with_a_nul_is_refused_in_one_line():
+    error = refused(conventions=["bad\x00name.yaml"])
+    assert "cannot read the conventions file" in assert_one_line(error)
+
+
 # --- the generated module is typed -----------------------------------------------------------------------
 
 GOOD_USE = """\

@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import meshmetrics
+from meshmetrics.__main__ import main
 from meshmetrics._engine import runtime as _runtime
 from meshmetrics.testing import CapturedMetrics, capture
 from tests.conftest import import_path, parse_samples, sample
@@ -220,7 +221,32 @@ def test_a_stale_generated_module_is_refused_not_recorded_under_the_wrong_shape(
         handle.shutdown()
 
 
-def test_workers_merge_a_plugin_gauge_by_its_declared_rule(tmp_path):
+def test_a_stale_module_is_refused_even_after_a_current_one_recorded_the_same_attributes(tmp_path):
+    changed = tmp_path / "ratelimit.yaml"
+    text = YAML.read_text()
+    old = "brief: Decisions of the rate limiter, by outcome."
+    assert old in text
+    changed.write_text(text.replace(old, "brief: What the limiter decided."))
+    current = tmp_path / "current_metrics.py"
+    assert main(["generate", str(changed), "--output", str(current)]) == 0
+    reader = InMemoryMetricReader()
+    handle = meshmetrics.configure(
+        readers=[reader], conventions=[changed], prometheus=False, set_global=False, environ={}
+    )
+    try:
+        import_path(current, "current_metrics").RateLimiterMetrics().count_decision(
+            "api", "search", "allowed"
+        )
+        RateLimiterMetrics().count_decision("api", "search", "allowed")  # same attributes, stale module
+        captured = CapturedMetrics(reader)
+        assert captured.value("ratelimit.decisions") == 1
+        assert captured.value("meshmetrics.measurements.rejected", reason="internal_error") == 1
+    finally:
+        handle.shutdown()
+
+
+@pytest.mark.parametrize("merger_knows_the_plugin", [True, False], ids=["configured", "from-worker-files"])
+def test_workers_merge_a_plugin_gauge_by_its_declared_rule(tmp_path, merger_knows_the_plugin):
     child = textwrap.dedent(
         f"""
         import importlib.util, sys, time
@@ -254,7 +280,7 @@ def test_workers_merge_a_plugin_gauge_by_its_declared_rule(tmp_path):
             lines = iter(worker.stdout.readline, "")  # structlog's lines first
             assert any(line.strip() == "ready" for line in lines)
         handle = meshmetrics.configure(
-            conventions=[YAML],
+            conventions=[YAML] if merger_knows_the_plugin else None,
             multiprocess_dir=str(tmp_path),
             prometheus_port=0,
             prometheus_host="127.0.0.1",
@@ -262,10 +288,13 @@ def test_workers_merge_a_plugin_gauge_by_its_declared_rule(tmp_path):
             environ={},
         )
         try:
-            RateLimiterMetrics().set_tokens_remaining("api", "search", 3)
+            expected = 12  # rule sum: 7 + 5 from the workers' files
+            if merger_knows_the_plugin:
+                RateLimiterMetrics().set_tokens_remaining("api", "search", 3)
+                expected += 3
             samples = _scrape(handle)
             labels = {"mesh_service": "api", "ratelimit_limiter": "search"}
-            assert sample(samples, "ratelimit_tokens_remaining", **labels) == 15  # rule sum: 7 + 5 + 3
+            assert sample(samples, "ratelimit_tokens_remaining", **labels) == expected
             assert sample(samples, "ratelimit_decisions_total", **labels, ratelimit_outcome="allowed") == 12
         finally:
             handle.shutdown()

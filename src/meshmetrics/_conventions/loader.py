@@ -43,6 +43,8 @@ LEVELS = ("required", "conditionally_required", "recommended", "opt_in")
 STABILITIES = ("development", "alpha", "beta", "release_candidate", "stable", "deprecated")
 COUNTERPART_SYSTEMS = ("otel", "envoy", "linkerd", "istio", "resilience4j", "grpc", "stamina")
 RESERVED_PREFIXES = ("mesh.", "meshmetrics.")
+_RESERVED_EXPOSED = ("mesh_", "meshmetrics_")
+_SHOWN_CHARS = 200  # of a YAML library's message, in an error
 DEFAULT_CARDINALITY_LIMIT = 2000
 MAX_CARDINALITY_LIMIT = 1_000_000
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -123,13 +125,24 @@ def _parse(text: str, source: str) -> Any:
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
     try:
         return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as error:
+    except ConventionsError:
+        raise
+    except Exception as error:  # whatever PyYAML cannot read or build: one line, no traceback
+        raise _yaml_error(error, source) from None
+
+
+def _yaml_error(error: Exception, source: str) -> ConventionsError:
+    import yaml  # noqa: PLC0415 - as in _parse
+
+    if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = " ".join(str(error.problem or error.context or "invalid").split())
-        raise ConventionsError(f"{where}: YAML syntax error: {problem}") from None
-    except yaml.YAMLError as error:
-        raise ConventionsError(f"{source}: YAML error: {' '.join(str(error).split())}") from None
+        return ConventionsError(f"{where}: YAML syntax error: {problem}")
+    if isinstance(error, RecursionError):
+        return ConventionsError(f"{source}: YAML error: nested too deeply to be a registry")
+    # a YAMLError, or a value PyYAML cannot build (a 5,000-digit integer...): in its words
+    return ConventionsError(f"{source}: YAML error: {type(error).__name__}: {_shown(error)}")
 
 
 @dataclass(frozen=True)
@@ -209,7 +222,7 @@ def load(path: str | PathLike[str], *, builtin: Conventions | None = None) -> Re
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # ValueError: a NUL in the path
         reason = getattr(error, "strerror", None) or type(error).__name__
         raise ConventionsError(f"{source}: cannot read the conventions file ({reason})") from None
     return load_text(text, source, builtin=builtin)
@@ -247,9 +260,17 @@ class _Checker:
         if default is not None and key not in mapping:
             return default
         value = mapping.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "unit":
-            return str(value)  # `unit: 1` written without quotes
-        return " ".join(str(self.field(mapping, key, where)).split())
+        if isinstance(value, int) and not isinstance(value, bool) and key == "unit" and value == 1:
+            return "1"  # `unit: 1` written without quotes
+        text = " ".join(self.field(mapping, key, where).split())
+        return self.printable(text, mapping, key, where)
+
+    def printable(self, text: str, mapping: _Map, key: str, where: str) -> str:
+        """``text``, once it is known to hold no control character or lone surrogate."""
+        if not text.isprintable():
+            rule = "must be printable text (no control characters, valid Unicode)"
+            raise self.fail(self.line_of(mapping, key), f"{where} {key}", rule)
+        return text
 
     def extras(self, raw: _Map, where: str, allowed: tuple[str, ...]) -> _Map:
         """``annotations.meshmetrics`` of ``raw``, whose keys must all be known."""
@@ -318,8 +339,13 @@ class _Checker:
     def distinct(
         self, metrics: list[dict[str, Any]], raw_metrics: list[_Map], own: dict[str, dict[str, Any]]
     ) -> None:
-        """No two metrics share a Prometheus name, a Python name, or a facade method."""
+        """No two names share a Prometheus name or label, a Python name, or a facade method."""
         taken: dict[tuple[str, str], str] = {}
+        for key in own:
+            other = taken.setdefault(("the Prometheus label", prometheus_label(key)), key)
+            if other != key:
+                rule = f"the Prometheus label {prometheus_label(key)} is taken by {other!r}"
+                raise self.fail(own[key]["line"], f"attribute {key!r}", rule)
         for key in own:
             other = taken.setdefault(("the Python name", _python_name(key)), key)
             if other != key:
@@ -330,8 +356,11 @@ class _Checker:
                 )
         for metric, raw in zip(metrics, raw_metrics, strict=True):
             name = metric["name"]
+            exposed = [
+                ("the Prometheus name", sample) for sample in metric_definition(metric).exposed_names()
+            ]
             for what, value in (
-                ("the Prometheus name", metric["prometheus_name"]),
+                *exposed,
                 ("the Python name", _python_name(name)),
                 (f"the method of {metric['facade']}", metric["method"]),
             ):
@@ -359,7 +388,7 @@ class _Checker:
         extra = self.extras(raw, where, _ATTRIBUTE_EXTRAS)
         at = f"{where} annotations.meshmetrics"
         policy = self.choice(extra, "policy", at, POLICIES)
-        kind, allowed = self.attribute_type(raw, where)
+        kind, allowed = self.attribute_type(raw, where, key)
         if (kind == "enum") != (policy == "enum"):
             rule = "an enum attribute (members:) takes policy: enum, and only an enum does"
             raise self.fail(self.line_of(extra, "policy"), where, rule)
@@ -385,18 +414,22 @@ class _Checker:
     def own_name(self, name: str, raw: _Map, where: str, what: str) -> None:
         """Check that ``name`` is well formed and, in a plugin, its own."""
         line = self.line_of(raw, "id" if what == "attribute" else "metric_name")
-        if not _NAME.match(name) and not (self.builtin is None and "." in name):
+        if not _NAME.fullmatch(name) and not (self.builtin is None and "." in name):
             raise self.fail(line, where, f"must be dotted lower-case words, e.g. 'acme.cache.{what}'")
         if self.builtin is not None and name in self.builtin.attributes:
             rule = f"is meshmetrics' own attribute; a plugin references it (ref: {name}), never redefines it"
             raise self.fail(line, where, rule)
-        if self.builtin is not None and name.startswith(RESERVED_PREFIXES):
+        exposed = sanitize_full_name(name)  # a label, or a metric name's start: both must be ours alone
+        if self.builtin is not None and (
+            name.startswith(RESERVED_PREFIXES) or exposed.startswith(_RESERVED_EXPOSED)
+        ):
             rule = (
-                f"names under {' and '.join(RESERVED_PREFIXES)} are meshmetrics' own; use your own namespace"
+                f"names under {' and '.join(RESERVED_PREFIXES)} (in Prometheus, "
+                f"{' and '.join(_RESERVED_EXPOSED)}) are meshmetrics' own; use your own namespace"
             )
             raise self.fail(line, where, rule)
 
-    def attribute_type(self, raw: _Map, where: str) -> tuple[str, list[str]]:
+    def attribute_type(self, raw: _Map, where: str, key: str) -> tuple[str, list[str]]:
         """``string`` or ``enum``, and an enum's values."""
         kind = raw.get("type")
         if not isinstance(kind, _Map):
@@ -409,14 +442,21 @@ class _Checker:
         for member in members:
             if not isinstance(member, _Map) or "value" not in member:
                 raise self.fail(members.line, f"{where} type.members", "each member needs a 'value'")
-            value = str(member["value"])
-            if not value or not value.isprintable():
+            value = member["value"]
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # `value: 1` written without quotes
+            if not isinstance(value, str) or not value or not value.isprintable():
                 raise self.fail(
                     members.line, f"{where} type.members", f"{value!r}: a value is printable, not empty"
                 )
             allowed.append(value)
         if len(set(allowed)) != len(allowed):
             raise self.fail(members.line, f"{where} type.members", "a value is listed twice")
+        constants = [enum_member(key, value) for value in allowed]
+        for value, name in zip(allowed, constants, strict=True):
+            if constants.count(name) > 1:
+                rule = f"two values are the one Python constant {name} ({value!r} and another)"
+                raise self.fail(members.line, f"{where} type.members", rule)
         return "enum", allowed
 
     def metric(
@@ -455,11 +495,11 @@ class _Checker:
     def facade(self, extra: _Map, at: str, name: str, kind: str) -> dict[str, str]:
         """The facade class that records the metric, and (a plugin's) the method's name."""
         facade = self.text(extra, "facade", at, default="" if self.builtin is None else None)
-        if self.builtin is not None and (not _CLASS.match(facade) or facade in _TAKEN_NAMES):
+        if self.builtin is not None and (not _CLASS.fullmatch(facade) or facade in _TAKEN_NAMES):
             rule = "must be a class name of your own, e.g. CacheMetrics"
             raise self.fail(self.line_of(extra, "facade"), f"{at}.facade", rule)
         method = self.text(extra, "method", at, default="")
-        if method and (not _METHOD.match(method) or keyword.iskeyword(method) or method in _TAKEN_NAMES):
+        if method and (not _METHOD.fullmatch(method) or keyword.iskeyword(method) or method in _TAKEN_NAMES):
             rule = "must be a lower-case method name that is not a Python keyword"
             raise self.fail(self.line_of(extra, "method"), f"{at}.method", rule)
         if not method and self.builtin is not None:
@@ -495,7 +535,9 @@ class _Checker:
                 rule = f"unknown system {system!r}; allowed: {', '.join(COUNTERPART_SYSTEMS)}"
                 raise self.fail(self.line_of(counterparts, system), f"{at}.counterparts", rule)
         return [
-            (system, str(counterparts[system])) for system in COUNTERPART_SYSTEMS if system in counterparts
+            (system, self.text(counterparts, system, f"{at}.counterparts"))
+            for system in COUNTERPART_SYSTEMS
+            if system in counterparts
         ]
 
     def buckets(self, extra: _Map, where: str, kind: str) -> list[float]:
@@ -542,21 +584,23 @@ class _Checker:
                 used.setdefault(key, _documented(known))
             if any(u["key"] == key for u in uses):
                 raise self.fail(use.line, f"{where} attributes", f"attribute {key!r} is listed twice")
-            level = self.field(use, "requirement_level", f"{where} attribute {key}", (str, dict))
-            condition = ""
-            if isinstance(level, dict):
-                if len(level) != 1:
-                    raise self.fail(
-                        use.line, f"{where} attribute {key}", "one requirement level, with its condition"
-                    )
-                ((level, condition),) = level.items()
-            if level not in LEVELS:
-                rule = f"requirement level {level!r} is not one of {', '.join(LEVELS)}"
-                raise self.fail(use.line, f"{where} attribute {key}", rule)
-            uses.append(
-                {"key": key, "requirement_level": level, "condition": " ".join(str(condition).split())}
-            )
+            level, condition = self.requirement(use, f"{where} attribute {key}")
+            uses.append({"key": key, "requirement_level": level, "condition": condition})
         return uses
+
+    def requirement(self, use: _Map, where: str) -> tuple[str, str]:
+        """A use's requirement level, and its condition (``conditionally_required: if it failed``)."""
+        level = self.field(use, "requirement_level", where, (str, dict))
+        condition = ""
+        if isinstance(level, dict):
+            if len(level) != 1:
+                raise self.fail(use.line, where, "one requirement level, with its condition")
+            ((level, condition),) = level.items()
+        if not isinstance(condition, str) or not condition.isprintable():
+            raise self.fail(use.line, where, "a condition is printable text")
+        if level not in LEVELS:
+            raise self.fail(use.line, where, f"requirement level {level!r} is not one of {', '.join(LEVELS)}")
+        return level, " ".join(condition.split())
 
 
 def prometheus_name(name: str, kind: str, unit: str) -> str:
@@ -575,6 +619,21 @@ def prometheus_name(name: str, kind: str, unit: str) -> str:
 def prometheus_label(key: str) -> str:
     """Prometheus label name of an attribute key (``mesh.lb.strategy`` -> ``mesh_lb_strategy``)."""
     return str(sanitize_full_name(key))
+
+
+def enum_member(key: str, value: str) -> str:
+    """The constant naming an enum value in generated code (``_OTHER`` -> ``OTHER``, ``1`` -> ``VALUE_1``)."""
+    if value == "_OTHER":
+        return "OTHER"
+    member = _python_name(value)
+    if member[0].isdigit():
+        member = f"{'ATTEMPT' if key == 'mesh.retry.attempt' else 'VALUE'}_{member}"
+    return member
+
+
+def _shown(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
 def _python_name(name: str) -> str:

@@ -14,11 +14,19 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from meshmetrics._conventions.loader import ConventionsError, Registry
+from meshmetrics._conventions.loader import ConventionsError, Registry, enum_member
 
 MAX_COUNT = 2**53  # as meshmetrics._policy.core.MAX_COUNT: exact in a double and an int64
 _WIDTH = 110  # the line length of the generated code
 _TIME_UNITS = frozenset({"s", "ms", "us", "ns", "min", "h", "d"})
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Python string literal, double-quoted where it can be (the house style)."""
+    shown = repr(text)
+    if shown.startswith("'") and '"' not in text:
+        shown = '"' + shown[1:-1].replace("\\'", "'") + '"'
+    return shown
 
 
 def constant(name: str) -> str:
@@ -49,10 +57,8 @@ def definitions(registry: Registry, source: str) -> list[str]:
             continue
         out += ["", f"class {enum_class(key)}:", f'    """Allowed values of ``{key}``."""', ""]
         for value in attribute["allowed_values"]:
-            member = "OTHER" if value == "_OTHER" else constant(value)
-            if member[0].isdigit():
-                member = f"{'ATTEMPT' if key == 'mesh.retry.attempt' else 'VALUE'}_{member}"
-            out.append(f'    {member}: Final = "{value}"')
+            member = enum_member(key, value)
+            out.append(f"    {member}: Final = {_literal(value)}")
         out.append("")
     out += ["", "ATTRIBUTES: Final[dict[str, AttributeDefinition]] = {"]
     for key, attribute in attributes.items():
@@ -78,7 +84,7 @@ def definitions(registry: Registry, source: str) -> list[str]:
             f'    "{metric["name"]}": MetricDefinition(',
             f'        name="{metric["name"]}",',
             f'        instrument="{metric["instrument"]}",',
-            f'        unit="{metric["unit"]}",',
+            f"        unit={_literal(metric['unit'])},",
             f"        brief={metric['brief']!r},",
             f'        stability="{metric["stability"]}",',
             f"        attributes=({uses}{',' if uses else ''}),",
@@ -157,17 +163,27 @@ def _value_parameter(metric: dict[str, Any]) -> str:
     return {"s": "seconds", "ms": "milliseconds", "By": "size"}.get(metric["unit"], "value")
 
 
+# Names a generated method's body uses: no keyword argument may shadow them.
+_BODY_NAMES = frozenset({"self", "type", "int", "float", "str", "object", "duration", "real", "non_negative"})
+_BODY_NAMES |= {"error_type", "id", "format"}
+
+
 def _parameters(metric: dict[str, Any]) -> dict[str, str]:
-    """Attribute key -> keyword: its last word, or its whole name where last words collide."""
+    """Attribute key -> keyword: its last word, else its whole name, else that with ``_`` added.
+
+    ``error.type`` is ``error`` (it takes the error itself). A keyword never
+    shadows a name the method's body uses nor another keyword.
+    """
     keys = [use["key"] for use in metric["attributes"]]
-    taken = {_value_parameter(metric), "self"}
+    shorts = ["error" if key == "error.type" else key.rsplit(".", 1)[-1] for key in keys]
+    taken = {_value_parameter(metric)} | _BODY_NAMES
     names: dict[str, str] = {}
-    for key in keys:
-        short = "error" if key == "error.type" else key.rsplit(".", 1)[-1]
-        clash = short in taken or sum(k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] for k in keys) > 1
-        name = re.sub(r"\W", "_", key) if clash else short
-        if keyword.iskeyword(name) or name in ("type", "id", "format", "object"):
+    for key, short in zip(keys, shorts, strict=True):
+        name = short if shorts.count(short) == 1 else re.sub(r"\W", "_", key)
+        if name in taken or keyword.iskeyword(name):
             name = re.sub(r"\W", "_", key)
+        while name in taken or keyword.iskeyword(name):
+            name += "_"
         names[key] = name
         taken.add(name)
     return names

@@ -65,7 +65,7 @@ def problem(unit: str) -> str | None:
     if not unit:
         return "is empty (a dimensionless count is '1', or an annotation such as '{request}')"
     for term in re.split(r"[./](?![^{}]*\})", unit):  # not a . or / inside an annotation
-        match = _TERM.match(term)
+        match = _TERM.fullmatch(term)
         atom = match.group("unit") if match else None
         if match is None or (atom is not None and not _atom_ok(atom)):
             hint = _HINTS.get(unit) or _HINTS.get(term)

@@ -28,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from meshmetrics import semconv
-from meshmetrics._definitions import Conventions, MetricDefinition, combine
+from meshmetrics._definitions import Conventions, ConventionsConflictError, MetricDefinition, combine
 from meshmetrics._engine import merge, series
 from meshmetrics._engine.window import SnapshotWindow
 from meshmetrics._log import RateLimitedLog
@@ -98,6 +98,9 @@ class Runtime:
         self._exponential = any(kind != "explicit" for kind in kinds.values())
         self._adopt_lock = threading.Lock()
         self.tables: dict[str, series.Table] = {}
+        self.by_key: dict[str, series.Table] = {}
+        """The tables by :attr:`MetricDefinition.key`: what the facades look up."""
+        self._refused: dict[int, Exception] = {}
         self._fast_tables: list[series.Table] = []
         for definition in self.conventions.metrics.values():
             self._add_table(definition)
@@ -151,6 +154,7 @@ class Runtime:
         )
         table.on_first_end = self._cannot_end
         self.tables[name] = table
+        self.by_key[definition.key] = table
         if on_fast_path:
             self._fast_tables = [*self._fast_tables, table]  # a new list: a collection may be iterating
 
@@ -160,8 +164,15 @@ class Runtime:
         Raises :class:`~meshmetrics._definitions.ConventionsConflictError` when
         one of its names is already defined differently (a stale generated module).
         """
+        refused = self._refused.get(id(conventions))
+        if refused is not None:
+            raise refused
         with self._adopt_lock:
-            combined = combine((self.conventions, conventions))
+            try:
+                combined = combine((self.conventions, conventions))
+            except ConventionsConflictError as conflict:
+                self._refused[id(conventions)] = conflict  # the module stays in memory: its id too
+                raise
             self.policy.attributes.update(combined.attributes)
             self.conventions = combined
             for name, definition in conventions.metrics.items():

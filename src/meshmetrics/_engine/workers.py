@@ -80,8 +80,12 @@ def snapshot(
     start: str,
     removals: Iterable[Any] = (),
     kept: dict[tuple[str, str], list[Any]] | None = None,
+    rules: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A worker's cumulative state as a JSON-able document.
+
+    Each gauge carries its merge rule from ``rules`` (this worker's registries,
+    plugins it adopted too), for a merging process that has not met it.
 
     A reader gets the exemplars recorded since its previous collection; with
     ``kept`` (this worker's memory across publishes) a series keeps showing
@@ -94,6 +98,8 @@ def snapshot(
             scope = [scope_metrics.scope.name, scope_metrics.scope.version or ""]
             for metric in scope_metrics.metrics:
                 encoded = _encode_metric(metric, scope)
+                if encoded is not None and encoded["kind"] == "gauge" and rules and metric.name in rules:
+                    encoded["rule"] = rules[metric.name]
                 if encoded is not None:
                     if kept is not None:
                         _keep_exemplars(encoded, kept)
@@ -225,7 +231,7 @@ def _fold(merged: _Merged, document: Mapping[str, Any], rules: Mapping[str, str]
             for key, exemplars in (metric.get("exemplars") or {}).items():
                 merged.exemplars.setdefault((shape, key), []).extend(exemplars)
         into = merged.points.setdefault(shape, {})
-        rule = rules.get(metric["name"], "last") if kind == "gauge" else "sum"
+        rule = (rules.get(metric["name"]) or _known_rule(metric.get("rule"))) if kind == "gauge" else "sum"
         if rule == "worker":
             _fold_per_worker(into, metric["points"], str(document.get("pid")))
         elif kind == "histogram":
@@ -234,6 +240,11 @@ def _fold(merged: _Merged, document: Mapping[str, Any], rules: Mapping[str, str]
             _fold_sums(into, metric["points"])
         else:
             _fold_gauges(merged, shape, into, metric["points"], rule=rule, stamp=stamp)
+
+
+def _known_rule(rule: object) -> str:
+    """A rule a worker's file names, if it is one; else ``last``."""
+    return rule if isinstance(rule, str) and rule in GAUGE_RULES else "last"
 
 
 def _fold_sums(into: dict[str, list[Any]], points: Iterable[list[Any]]) -> None:

@@ -353,15 +353,16 @@ def _conventions(value: object, where: str) -> tuple[Conventions, ...]:
     from meshmetrics import semconv  # noqa: PLC0415 - semconv imports this module's package
     from meshmetrics._conventions.loader import load  # noqa: PLC0415 - only plugins need the loader
 
-    if isinstance(value, (str, os.PathLike)):
-        paths = [p for p in str(value).split(os.pathsep) if p] if _from_variable(where) else [value]
-    elif isinstance(value, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in value):
+    paths: list[object] = [value]
+    if isinstance(value, str) and _from_variable(where):
+        paths = [path for path in value.split(os.pathsep) if path]
+    elif isinstance(value, (list, tuple)):
         paths = list(value)
-    else:
-        raise _fail(
-            where, type(value).__name__, "must be a path or a list of paths to conventions YAML files"
-        )
-    loaded = tuple(load(path, builtin=semconv.CONVENTIONS).conventions() for path in paths)
+    files = [path for path in paths if isinstance(path, (str, os.PathLike)) and str(path).strip()]
+    if len(files) != len(paths):
+        rule = "must be a path or a list of paths to conventions YAML files"
+        raise _fail(where, value if isinstance(value, str) else type(value).__name__, rule)
+    loaded = tuple(load(path, builtin=semconv.CONVENTIONS).conventions() for path in files)
     try:
         combine((semconv.CONVENTIONS, *loaded))
     except ConventionsConflictError as conflict:

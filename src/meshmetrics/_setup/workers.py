@@ -74,6 +74,7 @@ class Publisher:
                 start=self.start,
                 removals=self._removals(),
                 kept=self._exemplars,
+                rules=self.rules,
             )
             workers.write_atomically(self.path, document)
 
