@@ -23,7 +23,7 @@ from os import PathLike
 from typing import ClassVar
 
 from meshmetrics import semconv
-from meshmetrics._conventions.loader import ConventionsError
+from meshmetrics._conventions.document import ConventionsError
 from meshmetrics._conventions.loader import load as _load
 from meshmetrics._definitions import AttributeDefinition, AttributeUse, Conventions, MetricDefinition
 from meshmetrics._engine.runtime import Runtime

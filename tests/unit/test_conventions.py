@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from meshmetrics import semconv
-from meshmetrics._conventions.loader import ConventionsError, load
+from meshmetrics._conventions.document import ConventionsError
+from meshmetrics._conventions.loader import load
 from meshmetrics._conventions.python import render_semconv
 
 ROOT = Path(__file__).resolve().parents[2]

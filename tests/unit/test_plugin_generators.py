@@ -13,7 +13,8 @@ import yaml
 
 from meshmetrics import semconv
 from meshmetrics._conventions.dashboard import render_plugin_dashboard
-from meshmetrics._conventions.loader import Registry, load, load_text, prometheus_label
+from meshmetrics._conventions.loader import Registry, load, load_text
+from meshmetrics._conventions.names import prometheus_label
 from meshmetrics._conventions.rules import render_plugin_rules
 from tests.e2e.servers import require
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshmetrics import semconv
+from meshmetrics._conventions.document import ConventionsError
 from meshmetrics._conventions.files import write_or_check
-from meshmetrics._conventions.loader import ConventionsError, Registry, load
+from meshmetrics._conventions.loader import Registry, load
 from meshmetrics._conventions.python import render_plugin
 from meshmetrics._conventions.reference import render_reference
 

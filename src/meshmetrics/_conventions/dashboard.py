@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from meshmetrics._conventions.loader import Registry, prometheus_label
+from meshmetrics._conventions.loader import Registry
+from meshmetrics._conventions.names import prometheus_label
 
 Query = tuple[str, str]
 """A PromQL expression and its legend."""

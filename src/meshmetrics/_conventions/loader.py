@@ -10,8 +10,7 @@ A plugin (``builtin=`` given) follows the same rules and three more: it may
 reference meshmetrics' attributes (``mesh.service``) but not redefine them,
 and names under ``mesh.`` and ``meshmetrics.`` are meshmetrics' own.
 
-PyYAML is needed to read a registry (``pip install 'meshmetrics[plugins]'``);
-nothing else in meshmetrics imports it.
+Reading the YAML is ``document``'s job; the names things take are ``names``'.
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
+from opentelemetry.exporter.prometheus._mapping import sanitize_full_name
 
+from meshmetrics._conventions.document import ConventionsError, YamlList, YamlMap, parse
+from meshmetrics._conventions.names import enum_member, prometheus_label, prometheus_name, python_name
 from meshmetrics._conventions.ucum import problem as unit_problem
 from meshmetrics._definitions import (
     AttributeDefinition,
@@ -33,7 +34,6 @@ from meshmetrics._definitions import (
     Conventions,
     MetricDefinition,
 )
-from meshmetrics._errors import ConfigurationError
 
 KINDS = ("counter", "updowncounter", "histogram", "gauge")
 MULTIPROCESS_RULES = ("sum", "max", "min", "last", "worker")  # as meshmetrics._engine.workers.GAUGE_RULES
@@ -44,7 +44,6 @@ STABILITIES = ("development", "alpha", "beta", "release_candidate", "stable", "d
 COUNTERPART_SYSTEMS = ("otel", "envoy", "linkerd", "istio", "resilience4j", "grpc", "stamina")
 RESERVED_PREFIXES = ("mesh.", "meshmetrics.")
 _RESERVED_EXPOSED = ("mesh_", "meshmetrics_")
-_SHOWN_CHARS = 200  # of a YAML library's message, in an error
 DEFAULT_CARDINALITY_LIMIT = 2000
 MAX_CARDINALITY_LIMIT = 1_000_000
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -67,82 +66,6 @@ _METRIC_EXTRAS = (
     "multiprocess_reason",
     "counterparts",
 )
-
-
-class ConventionsError(ConfigurationError):
-    """A conventions registry breaks a rule: ``file:line: where: rule``, on one line."""
-
-
-class _Map(dict[str, Any]):
-    """A YAML mapping that remembers where it and each of its keys stand."""
-
-    line = 0
-    key_lines: dict[str, int]
-
-
-class _List(list[Any]):
-    """A YAML sequence that remembers where it stands."""
-
-    line = 0
-
-
-def _parse(text: str, source: str) -> Any:
-    try:
-        import yaml  # noqa: PLC0415 - optional: only reading a registry needs it
-    except ImportError as missing:
-        raise ConventionsError(
-            f"{source}: reading a conventions file needs PyYAML; install meshmetrics[plugins]"
-        ) from missing
-
-    class Loader(yaml.SafeLoader):
-        """SafeLoader whose mappings and sequences carry their line numbers."""
-
-    def mapping(loader: Loader, node: yaml.MappingNode) -> _Map:
-        loader.flatten_mapping(node)
-        result = _Map()
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str):
-                raise ConventionsError(
-                    f"{source}:{key_node.start_mark.line + 1}: key {key!r}: keys must be strings"
-                )
-            if key in result:
-                raise ConventionsError(
-                    f"{source}:{key_node.start_mark.line + 1}: key {key!r}: given twice in one mapping"
-                )
-            result[key] = loader.construct_object(value_node, deep=True)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
-
-    def sequence(loader: Loader, node: yaml.SequenceNode) -> _List:
-        result = _List(loader.construct_object(child, deep=True) for child in node.value)
-        result.line = node.start_mark.line + 1
-        return result
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
-    try:
-        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
-    except ConventionsError:
-        raise
-    except Exception as error:  # whatever PyYAML cannot read or build: one line, no traceback
-        raise _yaml_error(error, source) from None
-
-
-def _yaml_error(error: Exception, source: str) -> ConventionsError:
-    import yaml  # noqa: PLC0415 - as in _parse
-
-    if isinstance(error, yaml.MarkedYAMLError):
-        mark = error.problem_mark or error.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = " ".join(str(error.problem or error.context or "invalid").split())
-        return ConventionsError(f"{where}: YAML syntax error: {problem}")
-    if isinstance(error, RecursionError):
-        return ConventionsError(f"{source}: YAML error: nested too deeply to be a registry")
-    # a YAMLError, or a value PyYAML cannot build (a 5,000-digit integer...): in its words
-    return ConventionsError(f"{source}: YAML error: {type(error).__name__}: {_shown(error)}")
 
 
 @dataclass(frozen=True)
@@ -230,7 +153,7 @@ def load(path: str | PathLike[str], *, builtin: Conventions | None = None) -> Re
 
 def load_text(text: str, source: str, *, builtin: Conventions | None = None) -> Registry:
     """Check registry ``text`` read from ``source`` (named in every error)."""
-    return _Checker(source, builtin).registry(_parse(text, source))
+    return _Checker(source, builtin).registry(parse(text, source))
 
 
 class _Checker:
@@ -243,7 +166,7 @@ class _Checker:
     def fail(self, line: int, where: str, rule: str) -> ConventionsError:
         return ConventionsError(f"{self.source}:{line}: {where}: {rule}")
 
-    def field(self, mapping: _Map, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+    def field(self, mapping: YamlMap, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
         """``mapping[key]``, which must be there and of ``kind``."""
         if key not in mapping:
             raise self.fail(mapping.line, where, f"missing key {key!r}")
@@ -253,10 +176,10 @@ class _Checker:
             raise self.fail(self.line_of(mapping, key), f"{where} {key}", f"must be {wanted}, not {value!r}")
         return value
 
-    def line_of(self, mapping: _Map, key: str) -> int:
+    def line_of(self, mapping: YamlMap, key: str) -> int:
         return mapping.key_lines.get(key, mapping.line)
 
-    def text(self, mapping: _Map, key: str, where: str, default: str | None = None) -> str:
+    def text(self, mapping: YamlMap, key: str, where: str, default: str | None = None) -> str:
         if default is not None and key not in mapping:
             return default
         value = mapping.get(key)
@@ -265,27 +188,27 @@ class _Checker:
         text = " ".join(self.field(mapping, key, where).split())
         return self.printable(text, mapping, key, where)
 
-    def printable(self, text: str, mapping: _Map, key: str, where: str) -> str:
+    def printable(self, text: str, mapping: YamlMap, key: str, where: str) -> str:
         """``text``, once it is known to hold no control character or lone surrogate."""
         if not text.isprintable():
             rule = "must be printable text (no control characters, valid Unicode)"
             raise self.fail(self.line_of(mapping, key), f"{where} {key}", rule)
         return text
 
-    def extras(self, raw: _Map, where: str, allowed: tuple[str, ...]) -> _Map:
+    def extras(self, raw: YamlMap, where: str, allowed: tuple[str, ...]) -> YamlMap:
         """``annotations.meshmetrics`` of ``raw``, whose keys must all be known."""
         annotations = raw.get("annotations")
-        absent = _Map()  # a missing key in it is named at the line of what lacks it
+        absent = YamlMap()  # a missing key in it is named at the line of what lacks it
         absent.line, absent.key_lines = raw.line, {}
         if annotations is None:
             return absent
-        if not isinstance(annotations, _Map):
+        if not isinstance(annotations, YamlMap):
             raise self.fail(self.line_of(raw, "annotations"), f"{where} annotations", "must be a mapping")
         extra = annotations.get("meshmetrics")
         if extra is None:
             absent.line = annotations.line
             return absent
-        if not isinstance(extra, _Map):
+        if not isinstance(extra, YamlMap):
             line = self.line_of(annotations, "meshmetrics")
             raise self.fail(line, f"{where} annotations.meshmetrics", "must be a mapping")
         for key in extra:
@@ -297,7 +220,9 @@ class _Checker:
                 )
         return extra
 
-    def choice(self, mapping: _Map, key: str, where: str, allowed: tuple[str, ...], default: str = "") -> str:
+    def choice(
+        self, mapping: YamlMap, key: str, where: str, allowed: tuple[str, ...], default: str = ""
+    ) -> str:
         if key not in mapping and default:
             return default
         value = self.field(mapping, key, where)
@@ -309,16 +234,16 @@ class _Checker:
 
     # The document.
     def registry(self, document: Any) -> Registry:
-        if not isinstance(document, _Map):
+        if not isinstance(document, YamlMap):
             raise self.fail(
                 getattr(document, "line", 1), "document", "must be a mapping with a 'groups' list"
             )
-        groups = self.field(document, "groups", "document", _List)
+        groups = self.field(document, "groups", "document", YamlList)
         own: dict[str, dict[str, Any]] = {}
-        raw_metrics: list[_Map] = []
+        raw_metrics: list[YamlMap] = []
         for index, group in enumerate(groups):
             where = f"groups[{index}]"
-            if not isinstance(group, _Map):
+            if not isinstance(group, YamlMap):
                 raise self.fail(groups.line, where, "must be a mapping")
             kind = self.choice(group, "type", where, ("attribute_group", "metric"))
             self.field(group, "id", where)
@@ -337,7 +262,7 @@ class _Checker:
         return Registry(self.source, used, metrics)
 
     def distinct(
-        self, metrics: list[dict[str, Any]], raw_metrics: list[_Map], own: dict[str, dict[str, Any]]
+        self, metrics: list[dict[str, Any]], raw_metrics: list[YamlMap], own: dict[str, dict[str, Any]]
     ) -> None:
         """No two names share a Prometheus name or label, a Python name, or a facade method."""
         taken: dict[tuple[str, str], str] = {}
@@ -347,12 +272,12 @@ class _Checker:
                 rule = f"the Prometheus label {prometheus_label(key)} is taken by {other!r}"
                 raise self.fail(own[key]["line"], f"attribute {key!r}", rule)
         for key in own:
-            other = taken.setdefault(("the Python name", _python_name(key)), key)
+            other = taken.setdefault(("the Python name", python_name(key)), key)
             if other != key:
                 raise self.fail(
                     own[key]["line"],
                     f"attribute {key!r}",
-                    f"the Python name {_python_name(key)} is taken by {other!r}",
+                    f"the Python name {python_name(key)} is taken by {other!r}",
                 )
         for metric, raw in zip(metrics, raw_metrics, strict=True):
             name = metric["name"]
@@ -361,7 +286,7 @@ class _Checker:
             ]
             for what, value in (
                 *exposed,
-                ("the Python name", _python_name(name)),
+                ("the Python name", python_name(name)),
                 (f"the method of {metric['facade']}", metric["method"]),
             ):
                 if value:
@@ -371,17 +296,17 @@ class _Checker:
                             raw.line, f"metric {name!r}", f"{what} {value!r} is taken by {other!r}"
                         )
 
-    def attribute_group(self, group: _Map, where: str, own: dict[str, dict[str, Any]]) -> None:
-        attributes = self.field(group, "attributes", f"{where} ({group['id']})", _List)
+    def attribute_group(self, group: YamlMap, where: str, own: dict[str, dict[str, Any]]) -> None:
+        attributes = self.field(group, "attributes", f"{where} ({group['id']})", YamlList)
         for position, raw in enumerate(attributes):
-            if not isinstance(raw, _Map):
+            if not isinstance(raw, YamlMap):
                 raise self.fail(attributes.line, f"{where}.attributes[{position}]", "must be a mapping")
             attribute = self.attribute(raw)
             if attribute["key"] in own:
                 raise self.fail(raw.line, f"attribute {attribute['key']!r}", "is defined twice")
             own[attribute["key"]] = attribute
 
-    def attribute(self, raw: _Map) -> dict[str, Any]:
+    def attribute(self, raw: YamlMap) -> dict[str, Any]:
         key = self.field(raw, "id", "attribute")
         where = f"attribute {key!r}"
         self.own_name(key, raw, where, "attribute")
@@ -411,7 +336,7 @@ class _Checker:
             "line": raw.line,
         }
 
-    def own_name(self, name: str, raw: _Map, where: str, what: str) -> None:
+    def own_name(self, name: str, raw: YamlMap, where: str, what: str) -> None:
         """Check that ``name`` is well formed and, in a plugin, its own."""
         line = self.line_of(raw, "id" if what == "attribute" else "metric_name")
         if not _NAME.fullmatch(name) and not (self.builtin is None and "." in name):
@@ -429,18 +354,18 @@ class _Checker:
             )
             raise self.fail(line, where, rule)
 
-    def attribute_type(self, raw: _Map, where: str, key: str) -> tuple[str, list[str]]:
+    def attribute_type(self, raw: YamlMap, where: str, key: str) -> tuple[str, list[str]]:
         """``string`` or ``enum``, and an enum's values."""
         kind = raw.get("type")
-        if not isinstance(kind, _Map):
+        if not isinstance(kind, YamlMap):
             if kind != "string":
                 rule = "must be string or an enum (members:)"
                 raise self.fail(self.line_of(raw, "type"), f"{where} type", rule)
             return "string", []
-        members = self.field(kind, "members", f"{where} type", _List)
+        members = self.field(kind, "members", f"{where} type", YamlList)
         allowed: list[str] = []
         for member in members:
-            if not isinstance(member, _Map) or "value" not in member:
+            if not isinstance(member, YamlMap) or "value" not in member:
                 raise self.fail(members.line, f"{where} type.members", "each member needs a 'value'")
             value = member["value"]
             if isinstance(value, int) and not isinstance(value, bool):
@@ -460,7 +385,7 @@ class _Checker:
         return "enum", allowed
 
     def metric(
-        self, raw: _Map, own: dict[str, dict[str, Any]], used: dict[str, dict[str, Any]]
+        self, raw: YamlMap, own: dict[str, dict[str, Any]], used: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
         name = self.field(raw, "metric_name", f"metric group {raw.get('id')!r}")
         where = f"metric {name!r}"
@@ -492,7 +417,7 @@ class _Checker:
             "prometheus_name": prometheus_name(name, kind, unit),
         }
 
-    def facade(self, extra: _Map, at: str, name: str, kind: str) -> dict[str, str]:
+    def facade(self, extra: YamlMap, at: str, name: str, kind: str) -> dict[str, str]:
         """The facade class that records the metric, and (a plugin's) the method's name."""
         facade = self.text(extra, "facade", at, default="" if self.builtin is None else None)
         if self.builtin is not None and (not _CLASS.fullmatch(facade) or facade in _TAKEN_NAMES):
@@ -506,14 +431,14 @@ class _Checker:
             method = f"{_VERBS[kind]}_{name.split('.', 1)[1].replace('.', '_')}"
         return {"facade": facade, "method": method}
 
-    def cardinality_limit(self, extra: _Map, at: str) -> int:
+    def cardinality_limit(self, extra: YamlMap, at: str) -> int:
         limit = extra.get("cardinality_limit", DEFAULT_CARDINALITY_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CARDINALITY_LIMIT:
             rule = f"must be an integer within 1 .. {MAX_CARDINALITY_LIMIT}"
             raise self.fail(self.line_of(extra, "cardinality_limit"), f"{at}.cardinality_limit", rule)
         return limit
 
-    def multiprocess(self, extra: _Map, at: str, kind: str) -> str:
+    def multiprocess(self, extra: YamlMap, at: str, kind: str) -> str:
         if kind == "gauge":
             if "multiprocess" not in extra:
                 rule = (
@@ -526,9 +451,9 @@ class _Checker:
             raise self.fail(self.line_of(extra, "multiprocess"), at, rule)
         return ""
 
-    def counterparts(self, extra: _Map, at: str) -> list[tuple[str, str]]:
-        counterparts = extra.get("counterparts") or _Map()
-        if not isinstance(counterparts, _Map):
+    def counterparts(self, extra: YamlMap, at: str) -> list[tuple[str, str]]:
+        counterparts = extra.get("counterparts") or YamlMap()
+        if not isinstance(counterparts, YamlMap):
             raise self.fail(self.line_of(extra, "counterparts"), f"{at}.counterparts", "must be a mapping")
         for system in counterparts:
             if system not in COUNTERPART_SYSTEMS:
@@ -540,7 +465,7 @@ class _Checker:
             if system in counterparts
         ]
 
-    def buckets(self, extra: _Map, where: str, kind: str) -> list[float]:
+    def buckets(self, extra: YamlMap, where: str, kind: str) -> list[float]:
         if "buckets" not in extra:
             if kind == "histogram":
                 raise self.fail(extra.line, where, "a histogram needs bucket advice (buckets: [...])")
@@ -565,14 +490,14 @@ class _Checker:
         return buckets
 
     def uses(
-        self, raw: _Map, where: str, own: dict[str, dict[str, Any]], used: dict[str, dict[str, Any]]
+        self, raw: YamlMap, where: str, own: dict[str, dict[str, Any]], used: dict[str, dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        listed = raw.get("attributes") or _List()
-        if not isinstance(listed, _List):
+        listed = raw.get("attributes") or YamlList()
+        if not isinstance(listed, YamlList):
             raise self.fail(self.line_of(raw, "attributes"), f"{where} attributes", "must be a list")
         uses: list[dict[str, Any]] = []
         for use in listed:
-            if not isinstance(use, _Map):
+            if not isinstance(use, YamlMap):
                 raise self.fail(
                     listed.line, f"{where} attributes", "each entry is {ref: ..., requirement_level: ...}"
                 )
@@ -588,7 +513,7 @@ class _Checker:
             uses.append({"key": key, "requirement_level": level, "condition": condition})
         return uses
 
-    def requirement(self, use: _Map, where: str) -> tuple[str, str]:
+    def requirement(self, use: YamlMap, where: str) -> tuple[str, str]:
         """A use's requirement level, and its condition (``conditionally_required: if it failed``)."""
         level = self.field(use, "requirement_level", where, (str, dict))
         condition = ""
@@ -601,44 +526,6 @@ class _Checker:
         if level not in LEVELS:
             raise self.fail(use.line, where, f"requirement level {level!r} is not one of {', '.join(LEVELS)}")
         return level, " ".join(condition.split())
-
-
-def prometheus_name(name: str, kind: str, unit: str) -> str:
-    """The name the Prometheus exposition gives a metric: unit suffix, and ``_total`` on counters."""
-    # Mirrors the OpenTelemetry Prometheus exporter's naming, as meshmetrics' exposition does;
-    # a test checks it against real exposition output.
-    base = sanitize_full_name(name)
-    suffix = map_unit(unit)
-    if suffix and not base.endswith("_" + suffix):
-        base = f"{base}_{suffix}"
-    if kind == "counter":
-        base += "_total"
-    return base
-
-
-def prometheus_label(key: str) -> str:
-    """Prometheus label name of an attribute key (``mesh.lb.strategy`` -> ``mesh_lb_strategy``)."""
-    return str(sanitize_full_name(key))
-
-
-def enum_member(key: str, value: str) -> str:
-    """The constant naming an enum value in generated code (``_OTHER`` -> ``OTHER``, ``1`` -> ``VALUE_1``)."""
-    if value == "_OTHER":
-        return "OTHER"
-    member = _python_name(value)
-    if member[0].isdigit():
-        member = f"{'ATTEMPT' if key == 'mesh.retry.attempt' else 'VALUE'}_{member}"
-    return member
-
-
-def _shown(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-
-
-def _python_name(name: str) -> str:
-    """The constant a generated module names ``name`` by (``acme.cache.hits`` -> ``ACME_CACHE_HITS``)."""
-    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def _finite(value: object) -> float | None:
@@ -657,6 +544,10 @@ def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _type_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", dict: "a mapping", _Map: "a mapping", _List: "a list"}.get(
-        kind, kind.__name__
-    )
+    return {
+        str: "a string",
+        int: "an integer",
+        dict: "a mapping",
+        YamlMap: "a mapping",
+        YamlList: "a list",
+    }.get(kind, kind.__name__)

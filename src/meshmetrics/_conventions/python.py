@@ -14,7 +14,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from meshmetrics._conventions.loader import ConventionsError, Registry, enum_member
+from meshmetrics._conventions.document import ConventionsError
+from meshmetrics._conventions.loader import Registry
+from meshmetrics._conventions.names import enum_member, prometheus_label
 
 MAX_COUNT = 2**53  # as meshmetrics._policy.core.MAX_COUNT: exact in a double and an int64
 _WIDTH = 110  # the line length of the generated code
@@ -116,8 +118,6 @@ def prometheus_samples(metric: dict[str, Any]) -> tuple[str, ...]:
 
 def render_semconv(registry: Registry) -> str:
     """Meshmetrics' ``semconv`` module."""
-    from meshmetrics._conventions.loader import prometheus_label  # noqa: PLC0415 - keeps the import list short
-
     metrics = registry.metrics
     out = [
         '"""Semantic conventions of meshmetrics: metric and attribute names, generated.',

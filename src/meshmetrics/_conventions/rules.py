@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from meshmetrics._conventions.dashboard import aggregate, aggregation, required_labels
-from meshmetrics._conventions.loader import ConventionsError, Registry
+from meshmetrics._conventions.document import ConventionsError
+from meshmetrics._conventions.loader import Registry
 
 Rule = Mapping[str, object]
 RECORDING_QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"))
