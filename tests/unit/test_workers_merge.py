@@ -154,3 +154,27 @@ def test_a_real_process_identity_changes_when_it_exits(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert workers.process_start(child.pid) is None
+
+
+def test_a_worker_whose_start_cannot_be_read_is_live_not_folded(monkeypatch):
+    monkeypatch.setattr(workers, "process_start", lambda pid: "")  # /proc could not be read
+    assert workers.worker_alive(1234, "5678") is True
+    monkeypatch.setattr(workers, "process_start", lambda pid: None)  # no such process, or a zombie
+    assert workers.worker_alive(1234, "5678") is False
+    monkeypatch.setattr(workers, "process_start", lambda pid: "9999")  # the pid was reused
+    assert workers.worker_alive(1234, "5678") is False
+    monkeypatch.setattr(workers, "process_start", lambda pid: "5678")
+    assert workers.worker_alive(1234, "5678") is True
+    assert workers.worker_alive(1234, "") is True  # its own start was unknown: live while the pid is
+
+
+def test_a_folded_worker_file_that_comes_back_is_not_counted_twice(tmp_path):
+    document = worker_document(5, 0, 1, pid=401)
+    path = publish(tmp_path, document)
+    workers.merge(tmp_path, RULES, alive=lambda pid, _start: False)  # taken for exited: folded
+    assert not path.exists()
+    workers.write_atomically(path, worker_document(8, 0, 1, pid=401))  # it was alive, and publishes again
+    merged, report = workers.merge(tmp_path, RULES, alive=lambda pid, _start: True)
+    assert requests_of(merged_samples(merged)) == 5  # never 5 + 8
+    assert report.refolded == 1
+    assert not path.exists()

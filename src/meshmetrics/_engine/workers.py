@@ -43,6 +43,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 FORMAT = "meshmetrics-worker/2"
 ACCUMULATOR = "accumulated.json"
+FOLDED_FILES_KEPT = 1000  # names of folded workers' files the accumulator remembers
 _LOCK = ".lock"
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 GAUGE_RULES = ("sum", "max", "min", "last", "worker")
@@ -60,6 +61,20 @@ def process_start(pid: int) -> str | None:
     if fields and fields[0] in ("Z", "X"):  # exited, not yet reaped
         return None
     return fields[19] if len(fields) > 19 else ""  # noqa: PLR2004 - starttime, field 22 of proc(5)
+
+
+def worker_alive(pid: int, start: str) -> bool:
+    """Whether the worker that published as (``pid``, ``start``) still runs.
+
+    Only a process that is certainly gone (no such pid, a zombie, or a pid
+    now reused by a process started later) counts as exited: folding a live
+    worker's file would count it again when it next publishes. When its
+    start cannot be read, the worker is taken as live and folded later.
+    """
+    found = process_start(pid)
+    if found is None:
+        return False
+    return not found or not start or found == start
 
 
 def _gone(pid: int) -> bool:
@@ -210,6 +225,8 @@ class MergeReport:
     folded: int = 0
     skipped: int = 0
     skipped_files: list[str] = field(default_factory=list)
+    refolded: int = 0
+    """Files of workers already folded that were found again (left out: they are counted)."""
 
 
 def _shape(metric: Mapping[str, Any]) -> _Shape:
@@ -366,10 +383,9 @@ def merge(
     series_ttl_s: float = 0.0,
 ) -> tuple[dict[str, Any], MergeReport]:
     """Merge every worker's file (folding exited workers' into the accumulator); the merged document."""
-    is_alive = alive or (lambda pid, start: process_start(pid) == start)
     with locked(directory):
-        accumulated, folded_at = _load_accumulator(directory)
-        live, exited, report = _read_workers(directory, is_alive)
+        accumulated, folded_at, folded_files = _load_accumulator(directory)
+        live, exited, report = _read_workers(directory, alive or worker_alive, folded_files)
         now = time.time()
         for _, document in exited:
             _fold(accumulated, document, rules, live=False)
@@ -382,7 +398,8 @@ def merge(
             for shape, key in [k for k, t in folded_at.items() if now - t > series_ttl_s]:
                 accumulated.points.get(shape, {}).pop(key, None)
         if exited or not (directory / ACCUMULATOR).exists():
-            _store_accumulator(directory, accumulated, folded_at, now)
+            folded_files += [path.name for path, _ in exited]
+            _store_accumulator(directory, accumulated, folded_at, now, folded_files[-FOLDED_FILES_KEPT:])
             for path, _ in exited:
                 path.unlink(missing_ok=True)
         for document in live:
@@ -390,36 +407,48 @@ def merge(
         return _to_document(accumulated), report
 
 
-def _load_accumulator(directory: Path) -> tuple[_Merged, dict[tuple[_Shape, str], float]]:
-    accumulated, folded_at = _Merged(), {}
+def _load_accumulator(directory: Path) -> tuple[_Merged, dict[tuple[_Shape, str], float], list[str]]:
+    accumulated, folded_at = _Merged(), dict[tuple[_Shape, str], float]()
     previous = _load(directory / ACCUMULATOR)
-    if previous is not None:
-        for metric in previous["metrics"]:
-            width = _HISTOGRAM_WIDTH if metric["kind"] == "histogram" else _NUMBER_WIDTH
-            for point in metric["points"]:
-                folded_at[(_shape(metric), point[0])] = float(point[width]) if len(point) > width else 0.0
-        _fold(accumulated, previous, {}, live=False)
-    return accumulated, folded_at
+    if previous is None:
+        return accumulated, folded_at, []
+    for metric in previous["metrics"]:
+        width = _HISTOGRAM_WIDTH if metric["kind"] == "histogram" else _NUMBER_WIDTH
+        for point in metric["points"]:
+            folded_at[(_shape(metric), point[0])] = float(point[width]) if len(point) > width else 0.0
+    _fold(accumulated, previous, {}, live=False)
+    folded_files = previous.get("folded_files")
+    return accumulated, folded_at, [str(name) for name in folded_files or ()]
 
 
 def _store_accumulator(
-    directory: Path, accumulated: _Merged, folded_at: Mapping[tuple[_Shape, str], float], now: float
+    directory: Path,
+    accumulated: _Merged,
+    folded_at: Mapping[tuple[_Shape, str], float],
+    now: float,
+    folded_files: list[str],
 ) -> None:
     stored = _to_document(accumulated)
     for metric in stored["metrics"]:
         width = _HISTOGRAM_WIDTH if metric["kind"] == "histogram" else _NUMBER_WIDTH
         shape = _shape(metric)
         metric["points"] = [[*p[:width], folded_at.get((shape, p[0]), now)] for p in metric["points"]]
+    stored["folded_files"] = folded_files
     write_atomically(directory / ACCUMULATOR, stored)
 
 
 def _read_workers(
-    directory: Path, is_alive: Callable[[int, str], bool]
+    directory: Path, is_alive: Callable[[int, str], bool], folded_files: list[str]
 ) -> tuple[list[dict[str, Any]], list[tuple[Path, dict[str, Any]]], MergeReport]:
     live: list[dict[str, Any]] = []
     exited: list[tuple[Path, dict[str, Any]]] = []
     report = MergeReport()
+    folded = set(folded_files)
     for path in sorted(directory.glob("w-*.json")):
+        if path.name in folded:  # already in the accumulator: counting it again would double it
+            path.unlink(missing_ok=True)
+            report.refolded += 1
+            continue
         document = _load(path)
         if document is None:
             report.skipped += 1
