@@ -5,6 +5,7 @@ and ``uvicorn --workers``; one /metrics shows every worker's requests, exactly.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -114,6 +115,32 @@ def scrape(metrics_port: int) -> tuple[float, str]:
     return total, text
 
 
+def directory_state(directory: Path, metrics_port: int) -> str:
+    """What a failed total is made of: each file's requests, and the exposition's lines."""
+    lines = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            lines.append(f"{path.name}: unreadable ({error})")
+            continue
+        counts = [
+            point[3]
+            for m in document.get("metrics", [])
+            if m["name"] == "mesh.lb.requests"
+            for point in m["points"]
+        ]
+        lines.append(
+            f"{path.name}: pid={document.get('pid')} requests={counts} folded={len(document.get('folded_files', []))}"
+        )
+    try:
+        _, text = scrape(metrics_port)
+        lines += [line for line in text.splitlines() if line.startswith("mesh_lb_requests_total")]
+    except OSError as error:
+        lines.append(f"scrape failed: {error}")
+    return "\n".join(lines)
+
+
 def wait_for_total(metrics_port: int, expected: float, within_s: float) -> float:
     deadline = time.monotonic() + within_s
     total = -1.0
@@ -149,7 +176,8 @@ def wait_for_total(metrics_port: int, expected: float, within_s: float) -> float
 def test_one_endpoint_shows_every_workers_requests_exactly(tmp_path, kind, extra):
     with running(kind, tmp_path, *extra) as (port, metrics_port, _):
         assert drive(port, N) == N
-        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 8) == N
+        total = wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 8)
+        assert total == N, directory_state(tmp_path, metrics_port)
         for _ in range(3):  # and on every scrape after
             total, text = scrape(metrics_port)
             assert total == N
@@ -169,7 +197,8 @@ def test_recycling_workers_lose_nothing_and_prometheus_sees_no_reset(tmp_path):
     ):
         prometheus.wait_for("up == 1")
         assert drive(port, N) == N
-        assert wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 8) == N
+        total = wait_for_total(metrics_port, N, within_s=2 * PUBLISH_INTERVAL_S + 8)
+        assert total == N, directory_state(tmp_path, metrics_port)
         time.sleep(2.5)  # let Prometheus scrape the final value
         resets = prometheus.query("resets(mesh_lb_requests_total[5m])")
         assert resets, "Prometheus scraped no mesh_lb_requests_total"
