@@ -10,7 +10,7 @@ MESH_CLIENT_ARGS ?=
 # The example plugin (examples/plugins/ratelimit): everything generated from its registry.
 PLUGIN  = examples/plugins/ratelimit
 GENERATE_PLUGIN = $(PY) -m meshmetrics generate $(PLUGIN)/ratelimit.yaml --output $(PLUGIN)/ratelimit_metrics.py \
-	--reference $(PLUGIN)/README.md --dashboard $(PLUGIN)/dashboard.json --rules $(PLUGIN)/rules.yaml
+	--reference $(PLUGIN)/metrics.md --dashboard $(PLUGIN)/dashboard.json --rules $(PLUGIN)/rules.yaml
 
 .PHONY: install conventions lint test test-unit test-e2e demo bench clean
 
