@@ -13,6 +13,8 @@ OTHER = "_OTHER"
 """The value every fold of the registry goes to: an enum value outside its set, a value over its budget."""
 
 RequirementLevel = Literal["required", "conditionally_required", "recommended", "opt_in"]
+GAUGE_RULES = ("sum", "max", "min", "last", "worker")
+"""How a gauge's values of several worker processes merge (``worker``: one series per live worker)."""
 
 
 @dataclass(frozen=True)

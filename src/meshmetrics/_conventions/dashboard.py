@@ -61,7 +61,7 @@ _VALUE_UNITS = {
     "%": "percent",
 }
 _RATE_UNITS = {"{request}": "reqps", "By": "Bps", "s": "percentunit"}
-_GAUGE_AGGREGATIONS = {"sum": "sum", "max": "max", "min": "min"}
+_GAUGE_AGGREGATIONS = frozenset({"sum", "max", "min"})  # the merge rules PromQL has an operator for
 
 
 # PromQL.
@@ -230,7 +230,8 @@ def required_labels(metric: Mapping[str, Any]) -> list[str]:
 def aggregation(metric: Mapping[str, Any]) -> str:
     """How series of a gauge or up-down counter combine: its multiprocess rule where PromQL has it."""
     if metric["instrument"] == "gauge":
-        return _GAUGE_AGGREGATIONS.get(metric["multiprocess"], "max")
+        rule = str(metric["multiprocess"])
+        return rule if rule in _GAUGE_AGGREGATIONS else "max"
     return "sum"
 
 

@@ -21,25 +21,33 @@ import re
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
-
-from opentelemetry.exporter.prometheus._mapping import sanitize_full_name
+from typing import Any, get_args
 
 from meshmetrics._conventions.document import ConventionsError, YamlList, YamlMap, parse
-from meshmetrics._conventions.names import enum_member, prometheus_label, prometheus_name, python_name
+from meshmetrics._conventions.names import (
+    GENERATED_NAMES,
+    enum_member,
+    prometheus_label,
+    prometheus_name,
+    python_name,
+)
 from meshmetrics._conventions.ucum import problem as unit_problem
 from meshmetrics._definitions import (
+    GAUGE_RULES,
     AttributeDefinition,
     AttributeUse,
     Conventions,
+    InstrumentKind,
     MetricDefinition,
+    MinimalRule,
+    PolicyKind,
+    RequirementLevel,
 )
 
-KINDS = ("counter", "updowncounter", "histogram", "gauge")
-MULTIPROCESS_RULES = ("sum", "max", "min", "last", "worker")  # as meshmetrics._engine.workers.GAUGE_RULES
-POLICIES = ("enum", "bounded", "unbounded")
-MINIMAL_RULES = ("keep", "drop", "drop_on_histograms")
-LEVELS = ("required", "conditionally_required", "recommended", "opt_in")
+KINDS: tuple[str, ...] = get_args(InstrumentKind)
+POLICIES: tuple[str, ...] = get_args(PolicyKind)
+MINIMAL_RULES: tuple[str, ...] = get_args(MinimalRule)
+LEVELS: tuple[str, ...] = get_args(RequirementLevel)
 STABILITIES = ("development", "alpha", "beta", "release_candidate", "stable", "deprecated")
 COUNTERPART_SYSTEMS = ("otel", "envoy", "linkerd", "istio", "resilience4j", "grpc", "stamina")
 RESERVED_PREFIXES = ("mesh.", "meshmetrics.")
@@ -50,11 +58,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _METHOD = re.compile(r"^[a-z][a-z0-9_]*$")
 _VERBS = {"counter": "count", "updowncounter": "add", "histogram": "record", "gauge": "set"}
-# Names a generated module defines or imports: a facade or method may not take them.
-_TAKEN_NAMES = frozenset(
-    {"ATTRIBUTES", "METRICS", "CONVENTIONS", "Final", "PluginFacade", "Conventions", "MetricDefinition"}
-    | {"AttributeDefinition", "AttributeUse", "conventions", "duration", "real", "non_negative", "error_type"}
-)
+# A facade or method may not take a name the generated module defines or imports, nor the class attribute.
+_TAKEN_NAMES = GENERATED_NAMES | {"conventions"}
 _ATTRIBUTE_EXTRAS = ("policy", "limit", "minimal")
 _METRIC_EXTRAS = (
     "facade",
@@ -266,35 +271,25 @@ class _Checker:
     ) -> None:
         """No two names share a Prometheus name or label, a Python name, or a facade method."""
         taken: dict[tuple[str, str], str] = {}
-        for key in own:
-            other = taken.setdefault(("the Prometheus label", prometheus_label(key)), key)
-            if other != key:
-                rule = f"the Prometheus label {prometheus_label(key)} is taken by {other!r}"
-                raise self.fail(own[key]["line"], f"attribute {key!r}", rule)
-        for key in own:
-            other = taken.setdefault(("the Python name", python_name(key)), key)
-            if other != key:
-                raise self.fail(
-                    own[key]["line"],
-                    f"attribute {key!r}",
-                    f"the Python name {python_name(key)} is taken by {other!r}",
-                )
+
+        def claim(what: str, value: str, name: str, line: int, where: str) -> None:
+            other = taken.setdefault((what, value), name)
+            if other != name:
+                raise self.fail(line, where, f"{what} is taken by {other!r}")
+
+        for key, attribute in own.items():
+            where = f"attribute {key!r}"
+            label, constant = prometheus_label(key), python_name(key)
+            claim(f"the Prometheus label {label}", label, key, attribute["line"], where)
+            claim(f"the Python name {constant}", constant, key, attribute["line"], where)
         for metric, raw in zip(metrics, raw_metrics, strict=True):
-            name = metric["name"]
-            exposed = [
-                ("the Prometheus name", sample) for sample in metric_definition(metric).exposed_names()
-            ]
-            for what, value in (
-                *exposed,
-                ("the Python name", python_name(name)),
-                (f"the method of {metric['facade']}", metric["method"]),
-            ):
-                if value:
-                    other = taken.setdefault((what, value), name)
-                    if other != name:
-                        raise self.fail(
-                            raw.line, f"metric {name!r}", f"{what} {value!r} is taken by {other!r}"
-                        )
+            name, where = metric["name"], f"metric {metric['name']!r}"
+            for sample in metric_definition(metric).exposed_names():
+                claim(f"the Prometheus name {sample!r}", sample, name, raw.line, where)
+            claim(f"the Python name {python_name(name)!r}", python_name(name), name, raw.line, where)
+            if metric["method"]:
+                method = metric["method"]
+                claim(f"the method of {metric['facade']} {method!r}", method, name, raw.line, where)
 
     def attribute_group(self, group: YamlMap, where: str, own: dict[str, dict[str, Any]]) -> None:
         attributes = self.field(group, "attributes", f"{where} ({group['id']})", YamlList)
@@ -344,7 +339,7 @@ class _Checker:
         if self.builtin is not None and name in self.builtin.attributes:
             rule = f"is meshmetrics' own attribute; a plugin references it (ref: {name}), never redefines it"
             raise self.fail(line, where, rule)
-        exposed = sanitize_full_name(name)  # a label, or a metric name's start: both must be ours alone
+        exposed = prometheus_label(name)  # a label, or a metric name's start: both must be ours alone
         if self.builtin is not None and (
             name.startswith(RESERVED_PREFIXES) or exposed.startswith(_RESERVED_EXPOSED)
         ):
@@ -441,11 +436,9 @@ class _Checker:
     def multiprocess(self, extra: YamlMap, at: str, kind: str) -> str:
         if kind == "gauge":
             if "multiprocess" not in extra:
-                rule = (
-                    f"a gauge needs multiprocess: one of {', '.join(MULTIPROCESS_RULES)} (how workers merge)"
-                )
+                rule = f"a gauge needs multiprocess: one of {', '.join(GAUGE_RULES)} (how workers merge)"
                 raise self.fail(extra.line, at, rule)
-            return self.choice(extra, "multiprocess", at, MULTIPROCESS_RULES)
+            return self.choice(extra, "multiprocess", at, GAUGE_RULES)
         if "multiprocess" in extra:
             rule = "only gauges take a multiprocess rule (sums add up)"
             raise self.fail(self.line_of(extra, "multiprocess"), at, rule)

@@ -6,6 +6,13 @@ import re
 
 from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
 
+IMPORTED_NAMES = ("AttributeDefinition", "AttributeUse", "Conventions", "MetricDefinition", "PluginFacade")
+"""What every generated plugin module imports from ``meshmetrics.plugins``."""
+VALUE_CHECKS = ("duration", "non_negative", "real", "error_type")
+"""The value checks a generated method may call (imported as needed)."""
+GENERATED_NAMES = frozenset({"ATTRIBUTES", "METRICS", "CONVENTIONS", "Final", *IMPORTED_NAMES, *VALUE_CHECKS})
+"""Every module-level name a generated module defines or imports."""
+
 
 def prometheus_name(name: str, kind: str, unit: str) -> str:
     """The name the Prometheus exposition gives a metric: unit suffix, and ``_total`` on counters."""

@@ -16,9 +16,15 @@ from typing import Any
 
 from meshmetrics._conventions.document import ConventionsError
 from meshmetrics._conventions.loader import Registry
-from meshmetrics._conventions.names import enum_member, prometheus_label
+from meshmetrics._conventions.names import (
+    IMPORTED_NAMES,
+    VALUE_CHECKS,
+    enum_member,
+    prometheus_label,
+    python_name,
+)
+from meshmetrics._policy.core import MAX_COUNT
 
-MAX_COUNT = 2**53  # as meshmetrics._policy.core.MAX_COUNT: exact in a double and an int64
 _WIDTH = 110  # the line length of the generated code
 _TIME_UNITS = frozenset({"s", "ms", "us", "ns", "min", "h", "d"})
 
@@ -29,11 +35,6 @@ def _literal(text: str) -> str:
     if shown.startswith("'") and '"' not in text:
         shown = '"' + shown[1:-1].replace("\\'", "'") + '"'
     return shown
-
-
-def constant(name: str) -> str:
-    """``mesh.lb.request.duration`` -> ``MESH_LB_REQUEST_DURATION``."""
-    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def enum_class(key: str) -> str:
@@ -50,9 +51,9 @@ def definitions(registry: Registry, source: str) -> list[str]:
     attributes = _own(registry)
     metrics = registry.metrics
     out = ["# Attribute keys."]
-    out.extend(f'ATTR_{constant(key)}: Final = "{key}"' for key in attributes)
+    out.extend(f'ATTR_{python_name(key)}: Final = "{key}"' for key in attributes)
     out += ["", "# Metric names."]
-    out.extend(f'METRIC_{constant(metric["name"])}: Final = "{metric["name"]}"' for metric in metrics)
+    out.extend(f'METRIC_{python_name(metric["name"])}: Final = "{metric["name"]}"' for metric in metrics)
     out.append("")
     for key, attribute in attributes.items():
         if attribute["type"] != "enum":
@@ -145,8 +146,9 @@ def render_semconv(registry: Registry) -> str:
     out.extend(f'    "{metric["name"]}": "{metric["prometheus_name"]}",' for metric in metrics)
     out += ["}", "", "PROMETHEUS_SAMPLES: Final[dict[str, tuple[str, ...]]] = {"]
     for metric in metrics:
-        samples = ", ".join(f'"{sample}"' for sample in prometheus_samples(metric))
-        comma = "," if len(prometheus_samples(metric)) == 1 else ""
+        names = prometheus_samples(metric)
+        samples = ", ".join(f'"{sample}"' for sample in names)
+        comma = "," if len(names) == 1 else ""
         out.append(f'    "{metric["name"]}": ({samples}{comma}),')
     out += ["}", "", "PROMETHEUS_LABELS: Final[dict[str, str]] = {"]
     out.extend(f'    "{key}": "{prometheus_label(key)}",' for key in registry.attributes)
@@ -164,8 +166,7 @@ def _value_parameter(metric: dict[str, Any]) -> str:
 
 
 # Names a generated method's body uses: no keyword argument may shadow them.
-_BODY_NAMES = frozenset({"self", "type", "int", "float", "str", "object", "duration", "real", "non_negative"})
-_BODY_NAMES |= {"error_type", "id", "format"}
+_BODY_NAMES = frozenset({"self", "type", "int", "float", "str", "object", "id", "format", *VALUE_CHECKS})
 
 
 def _parameters(metric: dict[str, Any]) -> dict[str, str]:
@@ -307,17 +308,7 @@ def render_plugin(registry: Registry, source: str, command: str) -> str:
         {_validator(m) for m in registry.metrics if m["instrument"] in ("histogram", "gauge")}
         | ({"error_type"} if uses_error else set())
     )
-    imported = "".join(
-        f"    {name},\n"
-        for name in [
-            "AttributeDefinition",
-            "AttributeUse",
-            "Conventions",
-            "MetricDefinition",
-            "PluginFacade",
-            *helpers,
-        ]
-    )
+    imported = "".join(f"    {name},\n" for name in (*IMPORTED_NAMES, *helpers))
     out = [
         f'"""Metrics of ``{_docstring_text(Path(source).name)}``: names, definitions and typed facades.',
         "",
@@ -343,8 +334,8 @@ def render_plugin(registry: Registry, source: str, command: str) -> str:
     if any(metric["instrument"] in ("counter", "updowncounter") for metric in registry.metrics):
         out += ["_ONE: Final = 1  # the default amount: one identity test, then no validator call", ""]
     for metric in registry.metrics:
-        variables[metric["name"]] = f"_{constant(metric['name'])}"
-        out.append(f"{variables[metric['name']]} = METRICS[METRIC_{constant(metric['name'])}]")
+        variables[metric["name"]] = f"_{python_name(metric['name'])}"
+        out.append(f"{variables[metric['name']]} = METRICS[METRIC_{python_name(metric['name'])}]")
     for facade, metrics in facades.items():
         names = ", ".join(f"``{m['name']}``" for m in metrics)
         out += [

@@ -41,12 +41,13 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from meshmetrics._definitions import GAUGE_RULES
+
 FORMAT = "meshmetrics-worker/2"
 ACCUMULATOR = "accumulated.json"
 FOLDED_FILES_KEPT = 1000  # names of folded workers' files the accumulator remembers
 _LOCK = ".lock"
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
-GAUGE_RULES = ("sum", "max", "min", "last", "worker")
 """How a gauge's values of several workers become one: or ``worker``, one series per live worker."""
 WORKER_ATTRIBUTE = "worker"
 
