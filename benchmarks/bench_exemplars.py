@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -75,8 +74,8 @@ def raw_sdk(
 @contextmanager
 def meshmetrics_with(exemplar_filter: str, *, exponential: bool = False) -> Iterator[LoadBalancerMetrics]:
     """meshmetrics' fast path with two readers (Prometheus, OTLP push) and ``exemplar_filter``."""
-    os.environ["OTEL_METRICS_EXEMPLAR_FILTER"] = exemplar_filter
     with meshmetrics.configure(
+        exemplar_filter=exemplar_filter,
         prometheus_server=False,
         otlp_endpoint="http://127.0.0.1:9",  # nothing listens; nothing is exported during the run
         otlp_histogram_aggregation="base2_exponential_bucket_histogram"
@@ -88,6 +87,7 @@ def meshmetrics_with(exemplar_filter: str, *, exponential: bool = False) -> Iter
     ) as handle:
         table = handle.runtime.tables["mesh.lb.request.duration"]
         assert table.sdk_instrument is None
+        assert table.exemplar_filter == exemplar_filter
         assert table.exponential is exponential
         facade = LoadBalancerMetrics()
         # bound to this handle's runtime: several configurations are measured interleaved
@@ -160,15 +160,9 @@ def main() -> None:
     args = parser.parse_args()
     calls = 2_000 if args.quick else 50_000
     repeats = 3 if args.quick else 7
-    saved = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")
-
     no_span = exemplar_cases(calls, repeats, in_span=False)
     in_span = exemplar_cases(calls, repeats, in_span=True)
     expo = exponential_cases(calls, repeats)
-    if saved is None:
-        os.environ.pop("OTEL_METRICS_EXEMPLAR_FILTER", None)
-    else:
-        os.environ["OTEL_METRICS_EXEMPLAR_FILTER"] = saved
 
     lines = [
         "# Exemplars and exponential histograms: facade calls vs the raw OpenTelemetry SDK",
