@@ -15,7 +15,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 
-import structlog
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import MeterProvider as ApiMeterProvider
 from opentelemetry.metrics import NoOpMeterProvider
@@ -35,6 +34,7 @@ from meshmetrics._engine import runtime as _runtime
 from meshmetrics._engine.exemplars import sdk_exemplar_filter
 from meshmetrics._engine.merge import HistogramKind
 from meshmetrics._errors import ConfigurationError
+from meshmetrics._log import logger as _logger
 from meshmetrics._policy.core import AttributePolicy
 from meshmetrics._policy.profiles import kept_keys
 from meshmetrics._serve import apps as _apps
@@ -46,7 +46,6 @@ from meshmetrics._setup import otlp as _otlp
 from meshmetrics._setup import settings as _config
 from meshmetrics._setup import workers as _workers
 
-_logger = structlog.get_logger("meshmetrics")
 _configure_lock = threading.Lock()
 _current: MetricsHandle | None = None
 
@@ -237,7 +236,9 @@ class MetricsHandle:
                 ok = _run_bounded(publisher.close, max(0.5, timeout_s / 2))
             if isinstance(self.meter_provider, MeterProvider):
                 provider = self.meter_provider
-                ok = _run_bounded(lambda: provider.shutdown(timeout_millis=timeout_s * 1000), timeout_s)
+                ok = (
+                    _run_bounded(lambda: provider.shutdown(timeout_millis=timeout_s * 1000), timeout_s) and ok
+                )
             if self._prometheus is not None:
                 ok = _run_bounded(self._prometheus.stop, max(0.5, deadline - time.monotonic())) and ok
             if self._tracker is not None:
