@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import socket
 import statistics
 import sys
 import time
@@ -35,3 +36,21 @@ def machine() -> str:
     return (
         f"Python {sys.version.split()[0]} on {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
     )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Wait until something listens on the loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")

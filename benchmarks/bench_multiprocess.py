@@ -24,16 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest, value
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import meshmetrics
-from meshmetrics import LoadBalancerMetrics, semconv
+from meshmetrics import LoadBalancerMetrics
 from meshmetrics._engine import workers
 from meshmetrics._serve.translate import TranslatingCollector
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def gauge_rules() -> dict[str, str]:
-    """Each built-in gauge's merge rule, as the registry declares it (the runtime's merge_rules)."""
-    return {n: d.multiprocess or "last" for n, d in semconv.METRICS.items() if d.instrument == "gauge"}
 
 
 def ours(directory: Path, processes: int, series: int) -> CollectorRegistry:
@@ -42,16 +37,17 @@ def ours(directory: Path, processes: int, series: int) -> CollectorRegistry:
     policies = {"mesh.instance": meshmetrics.unbounded()}
     with meshmetrics.configure(
         readers=[reader], prometheus=False, set_global=False, environ={}, attribute_policies=policies
-    ):
+    ) as handle:
         lb = LoadBalancerMetrics()
         for i in range(series):
             lb.record_request("api", f"i-{i}", "round_robin")
         data = reader.get_metrics_data()
+        assert handle.runtime is not None
+        rules = handle.runtime.merge_rules
     start = workers.process_start(os.getpid()) or ""
     for worker in range(processes):
         document = workers.snapshot(data, pid=os.getpid(), start=start)
         workers.write_atomically(directory / f"w-{os.getpid()}-{start}-{worker:04d}.json", document)
-    rules = gauge_rules()
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource({"service.name": "bench"})
@@ -96,10 +92,11 @@ def scrape_ms(registry: CollectorRegistry, repeats: int) -> float:
 def after_lifetimes(directory: Path, lifetimes: int, repeats: int) -> tuple[float, float, int]:
     """Merge time with 4 live workers, fresh and after ``lifetimes`` worker lifetimes; files left."""
     reader = InMemoryMetricReader()
-    with meshmetrics.configure(readers=[reader], prometheus=False, set_global=False, environ={}):
+    with meshmetrics.configure(readers=[reader], prometheus=False, set_global=False, environ={}) as handle:
         LoadBalancerMetrics().record_request("api", "i", "round_robin")
         template = workers.snapshot(reader.get_metrics_data(), pid=0, start="1")
-    rules = gauge_rules()
+        assert handle.runtime is not None
+        rules = handle.runtime.merge_rules
     live: set[int] = set()
 
     def merge_ms() -> float:

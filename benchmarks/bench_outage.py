@@ -6,7 +6,6 @@ Writes benchmarks/results/outage.md.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,18 +13,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import machine, measure
+from _harness import free_port, machine, measure
 
 import meshmetrics
 from meshmetrics import LoadBalancerMetrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_rotel(port: int, workdir: str) -> subprocess.Popen[bytes]:

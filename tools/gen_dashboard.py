@@ -22,6 +22,7 @@ from meshmetrics import semconv
 from meshmetrics._conventions.dashboard import RATE_INTERVAL as RI
 from meshmetrics._conventions.dashboard import SERVICE_MATCHER as SEL
 from meshmetrics._conventions.dashboard import Row, build, quantile, rate, ratio, render
+from meshmetrics._conventions.files import write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "conventions" / "dashboards" / "mesh-overview.json"
@@ -538,15 +539,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the dashboard is stale")
     args = parser.parse_args()
-    content = render_overview()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != content:
-            print(f"{OUTPUT} is stale; run `make conventions`", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(content)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check({OUTPUT: render_overview()}, check=args.check, fix="make conventions", root=ROOT)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from meshmetrics import semconv
-from meshmetrics._conventions.rules import alert
+from meshmetrics._conventions.files import write_or_check
+from meshmetrics._conventions.rules import RECORDING_QUANTILES, alert
 from meshmetrics._conventions.rules import render as render_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def recording_rules() -> list[dict[str, str]]:
             "expr": f"1 - ({SERVICE}:mesh_call_failures:rate5m / {SERVICE}:mesh_calls:rate5m)",
         },
     ]
-    for quantile, name in (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99")):
+    for quantile, name in RECORDING_QUANTILES:
         rules.append(
             {
                 "record": f"{SERVICE}:mesh_call_duration_seconds:{name}_5m",
@@ -222,14 +223,7 @@ def main() -> int:
     if not 0 < args.objective < 1:
         parser.error("--objective must be between 0 and 1")
     content = render(args.objective, args.runbook_base)
-    if args.check:
-        if not args.output.exists() or args.output.read_text() != content:
-            print(f"{args.output} is stale; run `make conventions`", file=sys.stderr)
-            return 1
-        return 0
-    args.output.write_text(content)
-    print(f"wrote {args.output}")
-    return 0
+    return write_or_check({args.output: content}, check=args.check, fix="make conventions", root=ROOT)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ Configure once at start-up, record through the facades::
     lb.record_request(service="api", instance="api-1", strategy="round_robin")
 """
 
-from importlib.metadata import version as _package_version
-
 from meshmetrics._breaker import CircuitBreakerMetrics, CircuitBreakerTracker
 from meshmetrics._errors import ConfigurationError
 from meshmetrics._lb import LoadBalancerMetrics, OutlierTracker, RequestTracker
@@ -21,8 +19,9 @@ from meshmetrics._policy.normalizers import status_class, template_path
 from meshmetrics._retry import RetryCallTracker, RetryMetrics, retry_outcome
 from meshmetrics._setup.provider import MetricsHandle, configure, current_handle, shutdown
 from meshmetrics._setup.settings import PrometheusEndpointError, PrometheusPortInUseError
+from meshmetrics._version import VERSION
 
-__version__ = _package_version("meshmetrics")
+__version__ = VERSION
 
 __all__ = [
     "AttributePolicy",

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 
 from meshmetrics import _facade, semconv
-from meshmetrics._definitions import MetricDefinition
 
 _M = semconv.METRICS
 _STATE = _M[semconv.METRIC_MESH_CIRCUIT_BREAKER_STATE]
@@ -21,21 +20,6 @@ _CLOSED = semconv.MeshCircuitBreakerStateValues.CLOSED
 _TRIPPED = frozenset(
     {semconv.MeshCircuitBreakerStateValues.OPEN, semconv.MeshCircuitBreakerStateValues.FORCED_OPEN}
 )
-# How often, at most, a tracker adds the time spent in the current state when
-# only calls (no transition, no flush()) happen: bounds how stale the counter is.
-FLUSH_INTERVAL_S = 1.0
-
-
-def add_seconds(
-    facade: _facade.Facade, metric: MetricDefinition, seconds: float, values: tuple[object, ...]
-) -> None:
-    """Add ``seconds`` (validated as a duration) to a counter of seconds."""
-    runtime = facade._runtime()  # noqa: SLF001 - a facade helper, kept beside its users
-    if runtime is None:
-        return
-    checked = _facade.duration(runtime.policy, metric.name, "seconds", seconds)
-    if checked:  # nothing to add for zero, and no series created for it
-        facade._add(metric, checked, values)  # noqa: SLF001 - a facade helper
 
 
 def _known_state(state: object) -> str | None:
@@ -91,7 +75,7 @@ class CircuitBreakerMetrics(_facade.Facade):
 
     def record_state_time(self, service: str, state: str, seconds: float) -> None:
         """Add ``seconds`` spent in ``state`` (``mesh.circuit_breaker.state.time``)."""
-        add_seconds(self, _STATE_TIME, seconds, (service, _facade.state_name(state)))
+        self._add_seconds(_STATE_TIME, seconds, (service, _facade.state_name(state)))
 
     def tracker(
         self,
@@ -166,7 +150,7 @@ class CircuitBreakerTracker:
     def record_call(self, outcome: str) -> None:
         """Count a call by outcome (success, failure, rejected, ignored)."""
         self._metrics.record_call(self._service, outcome)
-        if self._clock() - self._accounted >= FLUSH_INTERVAL_S:
+        if self._clock() - self._accounted >= _facade.FLUSH_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:

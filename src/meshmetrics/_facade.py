@@ -43,6 +43,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 _INF = float("inf")
+FLUSH_INTERVAL_S = 1.0
+"""How often, at most, a tracker adds the time spent so far (in a breaker state, ejected) on its
+own, when only calls happen: bounds how stale those counters of seconds get."""
 
 
 def duration(policy: Policy, metric: str, field: str, value: object) -> float | None:
@@ -165,6 +168,12 @@ class Facade:
         if checked is not None:
             self._add(metric, checked, values)
 
+    def _add_seconds(self, metric: MetricDefinition, seconds: object, values: tuple[object, ...]) -> None:
+        """Add ``seconds`` (validated as a duration) to a counter of seconds; zero adds no series."""
+        checked = self._check(metric, duration, "seconds", seconds)
+        if checked:
+            self._add(metric, checked, values)
+
     def _adopt(self, runtime: Runtime, metric: MetricDefinition) -> Table:  # noqa: ARG002 - a plugin uses it
         """The table of a metric the runtime does not know: only a plugin's facade brings one."""
         raise KeyError(metric.name)
@@ -245,18 +254,15 @@ class Facade:
             return
         try:
             table = runtime.tables[metric.name]
-            chosen = table.find(values(state_name(current)))
+            chosen = table.series_of(values(state_name(current)))
             if chosen is None:
                 return
             for name in allowed:
-                series = table.find(values(name))
+                series = table.series_of(values(name))
                 if series is not None:
                     series.set(1 if series.attributes[state_field] == chosen.attributes[state_field] else 0)
         except Exception as error:
             self._fail(runtime, metric.name, error)
-
-
-_state_name = state_name  # the name the facades of the first build use
 
 
 class Tracked:

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 
 from meshmetrics import _facade, semconv
-from meshmetrics._breaker import add_seconds
 
 _M = semconv.METRICS
 _REQUESTS = _M[semconv.METRIC_MESH_LB_REQUESTS]
@@ -22,9 +21,6 @@ _EJECTIONS = _M[semconv.METRIC_MESH_LB_EJECTIONS]
 _EJECTIONS_ACTIVE = _M[semconv.METRIC_MESH_LB_EJECTIONS_ACTIVE]
 _EJECTION_TIME = _M[semconv.METRIC_MESH_LB_EJECTION_TIME]
 _HEALTH_STATES = semconv.ATTRIBUTES[semconv.ATTR_MESH_HEALTH_STATE].allowed_values
-# How often, at most, an outlier tracker's ejections and unejections also add
-# the time the instances still ejected have spent ejected so far.
-FLUSH_INTERVAL_S = 1.0
 
 
 class LoadBalancerMetrics(_facade.Facade):
@@ -151,7 +147,7 @@ class LoadBalancerMetrics(_facade.Facade):
 
     def record_ejection_time(self, service: str, instance: str, seconds: float) -> None:
         """Add ``seconds`` spent ejected by ``instance`` (``mesh.lb.ejection.time``)."""
-        add_seconds(self, _EJECTION_TIME, seconds, (service, instance))
+        self._add_seconds(_EJECTION_TIME, seconds, (service, instance))
 
     def outlier_tracker(self, service: str, clock: Callable[[], float] = time.monotonic) -> OutlierTracker:
         """A tracker for one service's outlier detection: it pairs ejections and times them."""
@@ -283,5 +279,5 @@ class OutlierTracker:
             self._metrics.record_ejection_time(self._service, instance, seconds)
 
     def _maybe_flush(self) -> None:
-        if self._clock() - self._last_flush >= FLUSH_INTERVAL_S:
+        if self._clock() - self._last_flush >= _facade.FLUSH_INTERVAL_S:
             self.flush()

@@ -311,10 +311,10 @@ class Mesh:
 
     def _detect_outlier(self, service: Service, instance: Instance, failure: Exception) -> None:
         instance.consecutive_failures += 1
-        if instance.consecutive_failures < EJECT_AFTER_FAILURES or instance.ejected_until is not None:
+        if instance.consecutive_failures < EJECT_AFTER_FAILURES:
             return
         if any(other.ejected_until is not None for other in service.instances):
-            return  # at most one ejected instance per service (Envoy's max_ejection_percent)
+            return  # this one already, or another: at most one per service (Envoy's max_ejection_percent)
         reason = (
             "consecutive_5xx" if isinstance(failure, UpstreamError) else "consecutive_local_origin_failure"
         )

@@ -120,35 +120,29 @@ def export(
     for them and the table keeps them; with explicit buckets otherwise.
     """
     kind = table.kind
+    exponential = kind == "histogram" and histogram_kind == "exponential" and table.exponential
+    points: list[Any]
     if kind == "gauge":
-        points: list[Any] = [
-            NumberDataPoint(s.attributes, s.start_ns, now_ns, v) for s, v in items if v is not None
-        ]
-        data: Any = Gauge(points)
-    elif kind == "histogram" and histogram_kind == "exponential" and table.exponential:
+        points = [NumberDataPoint(s.attributes, s.start_ns, now_ns, v) for s, v in items if v is not None]
+    elif exponential:
         points = list(_exponential_points(items, reader, temporality, now_ns))
-        data = ExponentialHistogram(points, temporality)
     elif kind == "histogram":
         points = list(_histogram_points(table, items, reader, temporality, now_ns))
-        data = Histogram(points, temporality)
     else:
         points = list(_sum_points(items, reader, temporality, now_ns))
-        data = Sum(points, temporality, is_monotonic=kind == "counter")
-    if any(not _exportable(p.sum if kind == "histogram" else p.value) for p in points):
-        good = [p for p in points if _exportable(p.sum if kind == "histogram" else p.value)]
-        for _ in range(len(points) - len(good)):
-            on_unexportable(table.name)
-        points = good
-        data = type(data)(points) if kind == "gauge" else type(data)(points, *_rest(data))
-    if not points:
+    good = [p for p in points if _exportable(p.sum if kind == "histogram" else p.value)]
+    for _ in range(len(points) - len(good)):
+        on_unexportable(table.name)
+    if not good:
         return None
+    data: Any
+    if kind == "gauge":
+        data = Gauge(good)
+    elif kind == "histogram":
+        data = (ExponentialHistogram if exponential else Histogram)(good, temporality)
+    else:
+        data = Sum(good, temporality, is_monotonic=kind == "counter")
     return Metric(table.name, table.definition.brief, table.definition.unit, data)
-
-
-def _rest(data: Any) -> tuple[Any, ...]:
-    if isinstance(data, Sum):
-        return (data.aggregation_temporality, data.is_monotonic)
-    return (data.aggregation_temporality,)
 
 
 def _sum_points(

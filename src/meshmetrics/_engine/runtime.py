@@ -18,7 +18,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -34,13 +33,14 @@ from meshmetrics._engine.window import SnapshotWindow
 from meshmetrics._log import RateLimitedLog
 from meshmetrics._policy.core import Policy
 from meshmetrics._policy.profiles import kept_keys
+from meshmetrics._version import VERSION
 
 if TYPE_CHECKING:
     from meshmetrics._setup.settings import Settings
 
 METER_NAME = "meshmetrics"
 REMOVALS_KEPT = 1000
-METER_VERSION = version("meshmetrics")
+METER_VERSION = VERSION
 _OBSERVABLE = frozenset({semconv.METRIC_MESH_LB_LOAD_IMBALANCE})
 _SELF_METRICS = frozenset(name for name in semconv.METRICS if name.startswith("meshmetrics."))
 _WINDOW_KEYS = (semconv.ATTR_MESH_SERVICE, semconv.ATTR_MESH_LB_STRATEGY, semconv.ATTR_MESH_INSTANCE)

@@ -12,7 +12,6 @@ import re
 import threading
 from typing import Any
 
-import structlog
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -30,9 +29,9 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import Aggregation, ExponentialBucketHistogramAggregation
 
 from meshmetrics._log import LOG_INTERVAL_S, RateLimitedLog
+from meshmetrics._log import logger as _logger
 from meshmetrics._setup.settings import Settings, redact_url
 
-_logger = structlog.get_logger("meshmetrics")
 # The OpenTelemetry exporters and readers log every failed attempt through the
 # standard library; during a collector outage that is a line per retry.
 _EXPORTER_LOGGERS = (

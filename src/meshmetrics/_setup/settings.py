@@ -238,9 +238,12 @@ def _bounded_seconds(
     return check
 
 
+_TIMEOUT = _bounded_seconds(*TIMEOUT_RANGE_S, inf_is_high=True)
+
+
 def timeout_seconds(value: object, where: str) -> float:
     """A timeout argument in seconds: 1 ms .. 1 h, ``inf`` meaning 1 h."""
-    return _bounded_seconds(*TIMEOUT_RANGE_S, inf_is_high=True)(value, where)
+    return _TIMEOUT(value, where)
 
 
 def _count(low: int, high: int) -> Callable[[object, str], int]:
@@ -402,7 +405,6 @@ def _o(name: str | None, group: str, default: str, doc: str, *env: str, **kw: An
     return Option(name, group, default, doc, env, **kw)
 
 
-_TIMEOUT = _bounded_seconds(*TIMEOUT_RANGE_S, inf_is_high=True)
 _PFX = "MESHMETRICS_PROMETHEUS_"
 
 OPTIONS: tuple[Option, ...] = (

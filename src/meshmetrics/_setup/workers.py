@@ -23,8 +23,8 @@ from opentelemetry.sdk.resources import Resource
 from meshmetrics._engine import workers
 from meshmetrics._log import RateLimitedLog, logger
 from meshmetrics._serve.reader import CumulativeReader
+from meshmetrics._setup.settings import DEFAULT_PUBLISH_INTERVAL_S
 
-DEFAULT_PUBLISH_INTERVAL_S = 1.0
 PUSH_LOCK = "push.lock"
 
 

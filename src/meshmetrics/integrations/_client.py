@@ -227,7 +227,7 @@ class ClientMetrics:
             return bool(self.failure_status(status))
         except Exception as error:
             _failed(error)
-            return status >= 500  # noqa: PLR2004 - the 5xx class
+            return server_errors(status)
 
 
 class Attempt:
