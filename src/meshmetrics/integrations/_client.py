@@ -72,6 +72,15 @@ class Route:
     operation: str | None = None
 
 
+def route_from(override: object) -> Route | None:
+    """A per-request override as a :class:`Route`: a Route, or a mapping of its fields; else None."""
+    if override is None or isinstance(override, Route):
+        return override
+    if isinstance(override, Mapping):
+        return Route(override.get("service"), override.get("strategy"), override.get("operation"))
+    return None
+
+
 _route: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
     "meshmetrics_client_route", default=None
 )

@@ -32,6 +32,7 @@ from meshmetrics.integrations._client import (
     ClientOptions,
     Route,
     instance_name,
+    route_from,
     routing,
 )
 
@@ -57,12 +58,7 @@ class _TraceContext:
 
 
 def _route_of(trace_request_ctx: object) -> Route | None:
-    override = trace_request_ctx.get(TRACE_KEY) if isinstance(trace_request_ctx, Mapping) else None
-    if override is None or isinstance(override, Route):
-        return override
-    if isinstance(override, Mapping):
-        return Route(override.get("service"), override.get("strategy"), override.get("operation"))
-    return None
+    return route_from(trace_request_ctx.get(TRACE_KEY) if isinstance(trace_request_ctx, Mapping) else None)
 
 
 class _Tracer:

@@ -32,7 +32,6 @@ httpx's own exceptions propagate unchanged; meshmetrics never raises into the re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -44,6 +43,7 @@ from meshmetrics.integrations._client import (
     ClientOptions,
     Route,
     instance_name,
+    route_from,
     routing,
 )
 
@@ -60,12 +60,7 @@ _DEFAULT_PORTS = {"https": 443, "wss": 443}
 
 
 def _route_of(request: httpx.Request) -> Route | None:
-    override = request.extensions.get(EXTENSION)
-    if override is None or isinstance(override, Route):
-        return override
-    if isinstance(override, Mapping):
-        return Route(override.get("service"), override.get("strategy"), override.get("operation"))
-    return None
+    return route_from(request.extensions.get(EXTENSION))
 
 
 def _begin(metrics: ClientMetrics, request: httpx.Request) -> Attempt | None:
