@@ -83,6 +83,10 @@ def test_collector_outage_loses_nothing_and_logs_once():
                     **LB,
                 )
                 assert point["value"] == per_instance
+            # rotel prints a batch before the exporter has read its reply: give the result a moment
+            deadline = time.monotonic() + 5
+            while handle.last_export_succeeded is not True and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert handle.last_export_succeeded is True
         finally:
             handle.shutdown(timeout=5)
